@@ -1,0 +1,239 @@
+"""Read a TOML file into ``Settings``, strictly.
+
+Every problem becomes a ``ConfigError`` whose message names the file, the key path in
+TOML's own spelling and what was expected, e.g.::
+
+    retinad.toml: [packetparser.events].transport: expected "ringbuf" or "perf", got "pipe"
+
+Unknown keys and tables are errors (with a "did you mean" when a known name is close),
+because a misspelt key silently falling back to its default is the worst surprise an
+operator can get. Nothing here touches the host: loading is pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import tomllib
+import types
+import typing
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from retinad.config.schema import Settings
+from retinad.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/retinad/retinad.toml"
+KNOWN_RESOLVERS = ("host",)
+"""Resolver names [resolvers].order accepts in this release."""
+
+T = TypeVar("T")
+
+
+def load_config(path: str | Path) -> Settings:
+    """Read and validate the TOML file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}: cannot read: {err}") from err
+    return parse_config(text, source=str(p))
+
+
+def load_default_config() -> Settings:
+    """The embedded default config shipped inside the package (retinad/default.toml)."""
+    text = resources.files("retinad").joinpath("default.toml").read_text(encoding="utf-8")
+    return parse_config(text, source="<embedded default config>")
+
+
+def parse_config(text: str, *, source: str) -> Settings:
+    """Parse TOML text; ``source`` names it in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: TOML syntax error: {err}") from err
+    settings = _build(Settings, data, source=source, path=())
+    _check_cross_field(settings, source)
+    return settings
+
+
+# --- generic walker -------------------------------------------------------------------
+
+
+def _where(path: tuple[str, ...]) -> str:
+    """Render a key path the way it is written in TOML: ``[table.sub].key``."""
+    if not path:
+        return "top level"
+    *tables, key = path
+    if key.startswith("["):  # a list index such as [1]
+        return _where(tuple(tables)) + key
+    return f"[{'.'.join(tables)}].{key}" if tables else f"[{key}]"
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def _build(cls: type[T], data: Any, *, source: str, path: tuple[str, ...]) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {_where(path)}: expected a table, got {_type_name(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            what = "table" if isinstance(data[key], dict) else "key"
+            raise ConfigError(f"{source}: {_where((*path, key))}: unknown {what}{hint}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f, source=source, path=(*path, name))
+    return cls(**kwargs)
+
+
+def _convert(
+    tp: Any, value: Any, f: dataclasses.Field[Any] | None, *, source: str, path: tuple[str, ...]
+) -> Any:
+    where = f"{source}: {_where(path)}"
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source=source, path=path)  # type: ignore[type-var]
+    if origin is Literal:
+        choices = get_args(tp)
+        if not isinstance(value, str) or value not in choices:
+            names = [f'"{c}"' for c in choices]
+            listed = " or ".join(names) if len(names) == 2 else "one of " + ", ".join(names)
+            raise ConfigError(f"{where}: expected {listed}, got {_show(value)}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected an array, got {_type_name(value)}")
+        return [
+            _convert(item_tp, v, None, source=source, path=(*path, f"[{i}]"))
+            for i, v in enumerate(value)
+        ]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported union type at {where}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a boolean, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+        meta = f.metadata if f is not None else {}
+        lo, hi = meta.get("min"), meta.get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{where}: expected an integer from {lo} to {hi}, got {value}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
+        return value
+    raise TypeError(f"unsupported type {tp!r} at {where}")
+
+
+# --- rules that span more than a type -----------------------------------------------------
+
+
+def parse_listen_address(addr: str) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port" or ":port" into (host, port); ValueError if malformed."""
+    if addr.startswith("["):
+        host, sep, port = addr[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [address]:port")
+    else:
+        host, sep, port = addr.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port or :port")
+        if ":" in host:
+            raise ValueError("an IPv6 address must be in brackets, as [::1]:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    return host, int(port)
+
+
+def _check_globs(globs: list[str], where: str) -> None:
+    for i, g in enumerate(globs):
+        if not g or "/" in g:
+            raise ConfigError(f"{where}[{i}]: expected an interface name glob, got {_show(g)}")
+        try:
+            fnmatch.translate(g)
+        except Exception as err:  # pragma: no cover - fnmatch accepts nearly anything
+            raise ConfigError(f"{where}[{i}]: invalid glob {_show(g)}: {err}") from err
+
+
+def _check_cross_field(s: Settings, source: str) -> None:
+    checks: list[Callable[[], None]] = []
+
+    def web() -> None:
+        if not s.web.listen_address:
+            raise ConfigError(f"{source}: [web].listen_address: expected at least one address")
+        for i, addr in enumerate(s.web.listen_address):
+            try:
+                parse_listen_address(addr)
+            except ValueError as err:
+                raise ConfigError(
+                    f"{source}: [web].listen_address[{i}]: {err}, got {_show(addr)}"
+                ) from None
+        if not s.web.telemetry_path.startswith("/") or s.web.telemetry_path == "/":
+            raise ConfigError(
+                f'{source}: [web].telemetry_path: expected a path starting with "/" other '
+                f'than "/", got {_show(s.web.telemetry_path)}'
+            )
+
+    def interfaces() -> None:
+        _check_globs(
+            s.packetparser.interfaces.include, f"{source}: [packetparser.interfaces].include"
+        )
+        _check_globs(
+            s.packetparser.interfaces.exclude, f"{source}: [packetparser.interfaces].exclude"
+        )
+
+    def events() -> None:
+        if s.packetparser.events.enabled:
+            raise ConfigError(
+                f"{source}: [packetparser.events].enabled: per-packet flow events are not "
+                "available in this release; every metric is counted in the kernel without them"
+            )
+
+    def resolvers() -> None:
+        seen: set[str] = set()
+        for i, name in enumerate(s.resolvers.order):
+            if name not in KNOWN_RESOLVERS:
+                known = ", ".join(f'"{r}"' for r in KNOWN_RESOLVERS)
+                raise ConfigError(
+                    f"{source}: [resolvers].order[{i}]: unknown resolver {_show(name)} "
+                    f"(known: {known})"
+                )
+            if name in seen:
+                raise ConfigError(f"{source}: [resolvers].order[{i}]: {_show(name)} listed twice")
+            seen.add(name)
+
+    checks += [web, interfaces, events, resolvers]
+    for check in checks:
+        check()

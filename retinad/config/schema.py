@@ -1,0 +1,141 @@
+"""The configuration schema: one frozen dataclass per TOML table.
+
+The loader (load.py) walks these dataclasses generically: a field's type says what TOML
+value it accepts (``Literal`` for a fixed set of strings, ``list[str]``, nested dataclasses
+for sub-tables), ``metadata`` carries bounds, and ``__post_init__``-free validators live in
+``VALIDATORS`` in load.py. Each component receives only its own table.
+
+Defaults here are the embedded default config; ``retinad/default.toml`` spells the same
+values out for operators and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_PORT = 10095
+"""Outside the exhausted 9100-9999 exporter range and not Retina's 10093, so both can run."""
+
+
+def _bounded(default: int, lo: int, hi: int) -> int:
+    return field(default=default, metadata={"min": lo, "max": hi})
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """``[web]``: where and how /metrics is served (node_exporter's ``--web.*`` flags)."""
+
+    listen_address: list[str] = field(default_factory=lambda: [f":{DEFAULT_PORT}"])
+    """Addresses to listen on, each "host:port", "[v6]:port" or ":port" (all addresses)."""
+    telemetry_path: str = "/metrics"
+    """Path under which metrics are served; "/" serves the landing page."""
+    config_file: str = ""
+    """exporter-toolkit web config (YAML: tls_server_config, basic_auth_users); "" for none.
+    Re-read on every request, so certificates and passwords change without a restart."""
+    max_requests: int = _bounded(40, 0, 10000)
+    """Concurrent scrape limit (0 = unlimited), as node_exporter's --web.max-requests."""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: which series exist and what they are called."""
+
+    mode: Literal["basic", "advanced"] = "advanced"
+    """basic: node-level series only. advanced: also one series set per endpoint
+    (container, pod, host) with its labels. Advanced is the default because per-container
+    attribution is what retinad is for; its cardinality is bounded by the map sizes."""
+    naming: Literal["prometheus", "retina"] = "prometheus"
+    """prometheus: retinad_* names in base units. retina: Microsoft Retina's
+    networkobservability_* names and labels, so Retina's dashboards work unchanged."""
+    ip_label: bool = False
+    """Add the endpoint's IP address as an ``ip`` label on endpoint series."""
+
+
+@dataclass(frozen=True)
+class InterfaceSelection:
+    """``[packetparser.interfaces]``: which host interfaces get tc programs."""
+
+    include: list[str] = field(default_factory=list)
+    """Glob patterns of host interface names. Empty means every interface that is up, not
+    loopback and not a container veth. A name matched here is a host interface even if it
+    is a veth."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns removed from what include selected."""
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """``[packetparser.events]``: the per-packet/per-flow event stream (opt-in).
+
+    The transport and sampling keys are validated now so a config written for the
+    flow-event release is checked; enabling events in this release is refused with a
+    clear error rather than silently ignored.
+    """
+
+    enabled: bool = False
+    transport: Literal["ringbuf", "perf"] = "ringbuf"
+    """ringbuf (kernel 5.8+, one shared buffer) or perf (per-CPU perf arrays)."""
+    data_sampling_rate: int = _bounded(1, 1, 1_000_000)
+    """Report 1 packet in N (Retina's dataSamplingRate)."""
+    aggregation_level: Literal["low", "high"] = "high"
+    """low: every packet; high: on SYN/FIN/RST, flag change or every report interval."""
+
+
+@dataclass(frozen=True)
+class PacketParserSettings:
+    """``[packetparser]``: tc programs counting TCP/UDP packets per interface and endpoint."""
+
+    enabled: bool = True
+    interfaces: InterfaceSelection = field(default_factory=InterfaceSelection)
+    container_interfaces: bool = True
+    """Attach to the host side of every container veth (existing and new ones)."""
+    attach_mode: Literal["auto", "tcx", "clsact"] = "auto"
+    """auto: tcx links where the kernel has them (6.6+), else clsact + bpf filter."""
+    remote_context: bool = False
+    """Also count per (local endpoint, remote IP) pair, bounded by max_remote_flows."""
+    max_endpoints: int = _bounded(16384, 64, 1 << 20)
+    """Capacity of the per-endpoint map; when full, counts go to an overflow series."""
+    max_remote_flows: int = _bounded(65536, 64, 1 << 22)
+    """Capacity of the remote-context map; when full, counts go to an overflow series."""
+    events: EventSettings = field(default_factory=EventSettings)
+
+
+@dataclass(frozen=True)
+class DropReasonSettings:
+    """``[dropreason]``: packets the kernel drops, by its own drop reason."""
+
+    enabled: bool = True
+    max_entries: int = _bounded(8192, 64, 1 << 20)
+    """Capacity of the drop map; when full, counts go to an overflow series."""
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    """``[resolvers]``: how IPs and interfaces are named in advanced mode."""
+
+    order: list[str] = field(default_factory=lambda: ["host"])
+    """Resolvers asked in turn; the first answer wins. "host" names endpoints from what
+    the host itself knows (interface, network namespace)."""
+    grace_period_seconds: int = _bounded(300, 0, 86400)
+    """How long a vanished endpoint's series stay before they are removed."""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """``[log]``: node_exporter's --log.level and --log.format."""
+
+    level: Literal["debug", "info", "warn", "error"] = "info"
+    format: Literal["logfmt", "json"] = "logfmt"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration; each component gets only its own table."""
+
+    web: WebSettings = field(default_factory=WebSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    packetparser: PacketParserSettings = field(default_factory=PacketParserSettings)
+    dropreason: DropReasonSettings = field(default_factory=DropReasonSettings)
+    resolvers: ResolverSettings = field(default_factory=ResolverSettings)
+    log: LogSettings = field(default_factory=LogSettings)

@@ -1,0 +1,1 @@
+"""The exporter: metric names (naming.py), scrape meta (collector.py), HTTP (web.py)."""

@@ -1,0 +1,218 @@
+"""Every metric name and label set retinad exports, in both namings.
+
+This module is the only place names are spelled. ``prometheus`` naming follows the
+Prometheus conventions (retinad_ prefix, base units, counters end in _total). ``retina``
+naming reproduces Microsoft Retina's names and label names so its dashboards work; Retina
+exports its counts as gauges set from cumulative totals (names ending in _count or
+_bytes), and prometheus_client would append _total to a counter, so in retina naming the
+same values are exported as gauges, exactly as Retina does.
+
+Self metrics (build info, scrape meta, maps, attach errors) keep their retinad_ names in
+both namings: they describe retinad, not the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from retinad.model import Endpoint
+
+Naming = Literal["prometheus", "retina"]
+
+ENDPOINT_LABELS: dict[Naming, tuple[str, ...]] = {
+    "prometheus": ("namespace", "name", "workload_kind", "workload_name"),
+    "retina": ("namespace", "podname", "workload_kind", "workload_name"),
+}
+"""Labels naming an endpoint, in each naming; ``ip`` is added first when [metrics].ip_label."""
+
+REMOTE_PREFIX: dict[Naming, str] = {"prometheus": "remote_", "retina": "destination_"}
+"""Prefix of the far end's labels in remote-context series."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: its name and fixed labels in each naming."""
+
+    key: str
+    """Stable internal key used by plugins (never exported)."""
+    prometheus: str
+    """Name in prometheus naming, without the _total a counter gets on exposition."""
+    retina: str
+    """Name in retina naming (exported as a gauge, as Retina does)."""
+    help: str
+    labels: tuple[str, ...]
+    """Fixed labels (same names in both namings), before any endpoint labels."""
+    endpoint: bool = False
+    """Whether endpoint labels follow the fixed labels."""
+    remote: bool = False
+    """Whether remote-endpoint labels follow the endpoint labels (remote context)."""
+
+    def name(self, naming: Naming) -> str:
+        return self.prometheus if naming == "prometheus" else self.retina
+
+    def label_names(self, naming: Naming, *, ip_label: bool) -> list[str]:
+        names = list(self.labels)
+        if self.endpoint:
+            names += endpoint_label_names(naming, ip_label=ip_label)
+        if self.remote:
+            names += [
+                REMOTE_PREFIX[naming] + n for n in endpoint_label_names(naming, ip_label=ip_label)
+            ]
+        return names
+
+    def family(self, naming: Naming, *, ip_label: bool) -> Metric:
+        """An empty family to add samples to (counter or gauge by naming)."""
+        labels = self.label_names(naming, ip_label=ip_label)
+        if naming == "prometheus":
+            return CounterMetricFamily(self.prometheus, self.help, labels=labels)
+        return GaugeMetricFamily(self.retina, self.help, labels=labels)
+
+
+def endpoint_label_names(naming: Naming, *, ip_label: bool) -> list[str]:
+    return (["ip"] if ip_label else []) + list(ENDPOINT_LABELS[naming])
+
+
+def endpoint_label_values(endpoint: Endpoint, ip: str, *, ip_label: bool) -> list[str]:
+    """Label values for ``endpoint`` in the order of ``endpoint_label_names``."""
+    values = [endpoint.namespace, endpoint.name, endpoint.workload_kind, endpoint.workload_name]
+    return ([ip] if ip_label else []) + values
+
+
+# --- packetparser: forward and tcpflags modules ---------------------------------------
+FORWARD_PACKETS = MetricSpec(
+    "forward_packets",
+    "retinad_forward_packets",
+    "networkobservability_forward_count",
+    "TCP and UDP packets through the host's interfaces, by direction.",
+    ("direction",),
+)
+FORWARD_BYTES = MetricSpec(
+    "forward_bytes",
+    "retinad_forward_bytes",
+    "networkobservability_forward_bytes",
+    "Bytes (with L2 header) of TCP and UDP packets through the host's interfaces, by direction.",
+    ("direction",),
+)
+TCP_FLAGS = MetricSpec(
+    "tcp_flags",
+    "retinad_tcp_flags",
+    "networkobservability_tcp_flag_gauges",
+    "TCP packets through the host's interfaces carrying each flag, by direction.",
+    ("flag", "direction"),
+)
+ENDPOINT_FORWARD_PACKETS = MetricSpec(
+    "endpoint_forward_packets",
+    "retinad_endpoint_forward_packets",
+    "networkobservability_adv_forward_count",
+    "TCP and UDP packets to (ingress) and from (egress) each endpoint.",
+    ("direction",),
+    endpoint=True,
+)
+ENDPOINT_FORWARD_BYTES = MetricSpec(
+    "endpoint_forward_bytes",
+    "retinad_endpoint_forward_bytes",
+    "networkobservability_adv_forward_bytes",
+    "Bytes (with L2 header) of TCP and UDP packets to and from each endpoint.",
+    ("direction",),
+    endpoint=True,
+)
+ENDPOINT_TCP_FLAGS = MetricSpec(
+    "endpoint_tcp_flags",
+    "retinad_endpoint_tcp_flags",
+    "networkobservability_adv_tcpflags_count",
+    "TCP packets to and from each endpoint carrying each flag.",
+    ("flag", "direction"),
+    endpoint=True,
+)
+REMOTE_FORWARD_PACKETS = MetricSpec(
+    "remote_forward_packets",
+    "retinad_endpoint_remote_forward_packets",
+    "networkobservability_adv_forward_count_remote",
+    "TCP and UDP packets between each local endpoint and each remote endpoint.",
+    ("direction",),
+    endpoint=True,
+    remote=True,
+)
+REMOTE_FORWARD_BYTES = MetricSpec(
+    "remote_forward_bytes",
+    "retinad_endpoint_remote_forward_bytes",
+    "networkobservability_adv_forward_bytes_remote",
+    "Bytes of TCP and UDP packets between each local endpoint and each remote endpoint.",
+    ("direction",),
+    endpoint=True,
+    remote=True,
+)
+
+# --- dropreason ----------------------------------------------------------------------
+DROP_PACKETS = MetricSpec(
+    "drop_packets",
+    "retinad_drop_packets",
+    "networkobservability_drop_count",
+    "Packets the kernel dropped, by the kernel's drop reason and direction.",
+    ("reason", "direction"),
+)
+DROP_BYTES = MetricSpec(
+    "drop_bytes",
+    "retinad_drop_bytes",
+    "networkobservability_drop_bytes",
+    "Bytes of packets the kernel dropped, by drop reason and direction.",
+    ("reason", "direction"),
+)
+ENDPOINT_DROP_PACKETS = MetricSpec(
+    "endpoint_drop_packets",
+    "retinad_endpoint_drop_packets",
+    "networkobservability_adv_drop_count",
+    "Packets the kernel dropped to or from each endpoint, by drop reason and direction.",
+    ("reason", "direction"),
+    endpoint=True,
+)
+ENDPOINT_DROP_BYTES = MetricSpec(
+    "endpoint_drop_bytes",
+    "retinad_endpoint_drop_bytes",
+    "networkobservability_adv_drop_bytes",
+    "Bytes of packets the kernel dropped to or from each endpoint, by reason and direction.",
+    ("reason", "direction"),
+    endpoint=True,
+)
+
+ALL_SPECS: Sequence[MetricSpec] = (
+    FORWARD_PACKETS,
+    FORWARD_BYTES,
+    TCP_FLAGS,
+    ENDPOINT_FORWARD_PACKETS,
+    ENDPOINT_FORWARD_BYTES,
+    ENDPOINT_TCP_FLAGS,
+    REMOTE_FORWARD_PACKETS,
+    REMOTE_FORWARD_BYTES,
+    DROP_PACKETS,
+    DROP_BYTES,
+    ENDPOINT_DROP_PACKETS,
+    ENDPOINT_DROP_BYTES,
+)
+
+# --- self metrics (same names in both namings) ----------------------------------------
+BUILD_INFO = "retinad_build_info"
+SCRAPE_SUCCESS = "retinad_scrape_collector_success"
+SCRAPE_DURATION = "retinad_scrape_collector_duration_seconds"
+MAP_ENTRIES = "retinad_map_entries"
+MAP_CAPACITY = "retinad_map_capacity"
+MAP_OVERFLOW_PACKETS = "retinad_map_overflow_packets"
+ATTACH_ERRORS = "retinad_attach_errors"
+ATTACHED_INTERFACES = "retinad_attached_interfaces"
+
+
+def map_gauges(maps: Sequence[tuple[str, int, int]]) -> list[Metric]:
+    """retinad_map_entries/capacity{map} from (map name, entries, capacity) triples."""
+    entries = GaugeMetricFamily(MAP_ENTRIES, "Entries in a retinad kernel map.", labels=["map"])
+    capacity = GaugeMetricFamily(
+        MAP_CAPACITY, "Capacity (max_entries) of a retinad kernel map.", labels=["map"]
+    )
+    for name, n, cap in maps:
+        entries.add_metric([name], n)
+        capacity.add_metric([name], cap)
+    return [entries, capacity]

@@ -1,0 +1,1 @@
+"""Everything that talks to the kernel: features, compile, ABI, maps, attach, links, BTF."""

@@ -1,0 +1,53 @@
+"""Plain data shared by every layer: what an endpoint is and which way traffic goes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from types import MappingProxyType
+
+
+class Direction(IntEnum):
+    """Traffic direction from the endpoint's point of view; mirrors RETINAD_DIR_* in bpf/retinad.h.
+
+    ingress = towards the container/host, egress = away from it. On a container veth's host
+    side, tc egress is therefore the container's ingress.
+    """
+
+    UNKNOWN = 0
+    INGRESS = 1
+    EGRESS = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Who an IP address or host-side interface belongs to.
+
+    Label values come from container names, labels and pod names: untrusted text that is
+    only ever exported as label values, never interpreted.
+    """
+
+    namespace: str
+    """Compose project, Kubernetes namespace, or "" when the source has none."""
+    name: str
+    """Container, pod, VM or host name."""
+    workload_kind: str
+    """container, compose_service, Deployment, host, interface, ..."""
+    workload_name: str
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+UNKNOWN_ENDPOINT = Endpoint(
+    namespace="", name="unknown", workload_kind="unknown", workload_name="unknown"
+)
+"""What an endpoint series carries when no resolver knows the address."""
+
+OVERFLOW_ENDPOINT = Endpoint(
+    namespace="", name="overflow", workload_kind="overflow", workload_name="overflow"
+)
+"""The series that receives counts once a kernel map is full, so no count vanishes."""

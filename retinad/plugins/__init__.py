@@ -1,0 +1,1 @@
+"""Plugins: each one a data source (BPF programs + their collector) with one lifecycle."""

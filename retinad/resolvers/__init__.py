@@ -1,0 +1,1 @@
+"""Resolvers: name IP addresses and host-side interfaces as endpoints."""
