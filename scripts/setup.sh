@@ -43,7 +43,8 @@ fi
 # Kernel headers for bcc.
 kver=$(uname -r)
 mod=/lib/modules/$kver
-if [ ! -e "$mod/build/include/linux/skbuff.h" ]; then
+if [ ! -e "$mod/build/include/generated/autoconf.h" ] || \
+   { [ ! -e "$mod/build/include/linux/skbuff.h" ] && [ ! -e "$mod/source/include/linux/skbuff.h" ]; }; then
   hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
   if [ -z "$hdr" ]; then
     log "no kernel headers under /usr/src after installing linux-headers-amd64"; exit 1

@@ -120,7 +120,7 @@ def _convert(
     where = f"{source}: {_where(path)}"
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, source=source, path=path)  # type: ignore[type-var]
+        return _build(tp, value, source=source, path=path)  # type: ignore[arg-type]
     if origin is Literal:
         choices = get_args(tp)
         if not isinstance(value, str) or value not in choices:

@@ -50,6 +50,9 @@ class MetricsSettings:
     networkobservability_* names and labels, so Retina's dashboards work unchanged."""
     ip_label: bool = False
     """Add the endpoint's IP address as an ``ip`` label on endpoint series."""
+    python_runtime: bool = False
+    """Also export the Python interpreter's gc/platform metrics (off: they describe
+    retinad's interpreter, not the network; process_* metrics are always exported)."""
 
 
 @dataclass(frozen=True)

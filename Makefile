@@ -1,0 +1,35 @@
+# retinad: two commands on a fresh Debian 12 machine, as root.
+#   make run    set up and run the daemon in the foreground (embedded default config
+#               unless /etc/retinad/retinad.toml exists; extra flags: make run ARGS="...")
+#   make test   set up and run every test, plus ruff and mypy
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test setup setup-dev lint typecheck pytest check clean
+
+setup:
+	bash scripts/setup.sh
+
+setup-dev:
+	bash scripts/setup.sh --dev
+
+run: setup
+	$(BIN)/retinad $(ARGS)
+
+check: setup
+	$(BIN)/retinad check $(ARGS)
+
+lint: setup-dev
+	$(BIN)/ruff check retinad tests
+	$(BIN)/ruff format --check retinad tests
+
+typecheck: setup-dev
+	$(BIN)/mypy retinad
+
+pytest: setup-dev
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,205 @@
+"""Command line: ``retinad [flags] [run|check|check-config [FILE]]``, node_exporter style.
+
+Flags override the config file. Exit codes: 0 ok, 1 runtime failure (cannot start, check
+found something missing), 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from retinad import __version__
+from retinad.config.load import (
+    DEFAULT_CONFIG_PATH,
+    load_config,
+    load_default_config,
+    parse_listen_address,
+)
+from retinad.config.schema import Settings
+from retinad.errors import ConfigError, RetinadError
+from retinad.logs import LEVELS, setup_logging
+from retinad.plugins.registry import PLUGIN_NAMES
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="retinad",
+        description="eBPF network observability for Linux hosts, as Prometheus metrics.",
+        epilog="commands: run (default) serves metrics; check probes this host for what the "
+        "config needs; check-config [FILE] validates a config file and exits.",
+    )
+    p.add_argument("command", nargs="?", default="run", choices=["run", "check", "check-config"])
+    p.add_argument("file", nargs="?", help="config file for check-config")
+    p.add_argument("--version", action="version", version=f"retinad {__version__}")
+    p.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="FILE",
+        help=f"TOML config (default {DEFAULT_CONFIG_PATH}; embedded defaults if it is absent)",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        action="append",
+        metavar="ADDR",
+        help="address to listen on (repeatable), e.g. :10095 or [::1]:10095",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config (TLS, basic auth)",
+    )
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH")
+    p.add_argument("--web.max-requests", dest="max_requests", type=int, metavar="N")
+    p.add_argument("--log.level", dest="log_level", choices=list(LEVELS))
+    p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"])
+    for name in PLUGIN_NAMES:
+        p.add_argument(
+            f"--collector.{name}",
+            dest=f"collector_{name}",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"enable the {name} collector (overrides [{name}].enabled)",
+        )
+    return p
+
+
+def apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Command-line flags over the file's settings, validated like the file."""
+    web = settings.web
+    if args.listen_address:
+        for addr in args.listen_address:
+            try:
+                parse_listen_address(addr)
+            except ValueError as err:
+                raise ConfigError(f"--web.listen-address: {err}, got {addr!r}") from None
+        web = dataclasses.replace(web, listen_address=list(args.listen_address))
+    if args.web_config_file is not None:
+        web = dataclasses.replace(web, config_file=args.web_config_file)
+    if args.telemetry_path is not None:
+        if not args.telemetry_path.startswith("/") or args.telemetry_path == "/":
+            raise ConfigError(
+                f'--web.telemetry-path: expected a path starting with "/" other than "/", '
+                f"got {args.telemetry_path!r}"
+            )
+        web = dataclasses.replace(web, telemetry_path=args.telemetry_path)
+    if args.max_requests is not None:
+        if args.max_requests < 0:
+            raise ConfigError(f"--web.max-requests: expected 0 or more, got {args.max_requests}")
+        web = dataclasses.replace(web, max_requests=args.max_requests)
+    log = settings.log
+    if args.log_level:
+        log = dataclasses.replace(log, level=args.log_level)
+    if args.log_format:
+        log = dataclasses.replace(log, format=args.log_format)
+    out = dataclasses.replace(settings, web=web, log=log)
+    for name in PLUGIN_NAMES:
+        flag = getattr(args, f"collector_{name}")
+        if flag is not None:
+            section = dataclasses.replace(getattr(out, name), enabled=flag)
+            out = dataclasses.replace(out, **{name: section})
+    return out
+
+
+def load_settings(args: argparse.Namespace, log: logging.Logger | None) -> Settings:
+    """The file (or embedded defaults when the default path is absent) plus flags."""
+    path = args.config_file
+    if path is None and not Path(DEFAULT_CONFIG_PATH).exists():
+        if log is not None:
+            log.info("%s not found; using the embedded default config", DEFAULT_CONFIG_PATH)
+        base = load_default_config()
+    else:
+        base = load_config(path or DEFAULT_CONFIG_PATH)
+    return apply_flags(base, args)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config_file or DEFAULT_CONFIG_PATH
+    load_config(path)
+    print(f"{path}: OK")
+    return EXIT_OK
+
+
+def cmd_check(settings: Settings) -> int:
+    from retinad.kernel.features import run_probes
+
+    needed = needed_probes(settings)
+    rows = []
+    bad = 0
+    for probe in run_probes():
+        need = probe.name in needed
+        verdict = {"ok": "ok", "info": "info", "missing": "MISSING" if need else "absent"}
+        status = verdict[probe.status]
+        if probe.status == "missing" and need:
+            bad += 1
+        detail = probe.detail + (
+            f" -> {probe.fix}" if probe.status == "missing" and probe.fix else ""
+        )
+        rows.append((probe.name, status, "yes" if need else "no", detail))
+    w = max(len(r[0]) for r in rows)
+    print(f"{'CHECK':<{w}}  {'STATUS':<7}  {'NEEDED':<6}  DETAIL")
+    for name, status, need_s, detail in rows:
+        print(f"{name:<{w}}  {status:<7}  {need_s:<6}  {detail}")
+    if bad:
+        print(f"\nretinad cannot run with this config: {bad} needed item(s) missing.")
+        return EXIT_FAILURE
+    print("\nretinad can run with this config.")
+    return EXIT_OK
+
+
+def needed_probes(settings: Settings) -> set[str]:
+    """Which probes this config depends on (the rest are informational)."""
+    need = {"kernel", "capabilities"}
+    bpf = settings.packetparser.enabled or settings.dropreason.enabled
+    if bpf:
+        need |= {"bcc", "kernel_headers"}
+    if settings.packetparser.enabled:
+        need.add("tc")
+        if settings.packetparser.attach_mode == "tcx":
+            need.add("tcx")
+    if settings.dropreason.enabled:
+        need |= {"btf", "tracefs", "tracepoints", "kfree_skb_reason"}
+    if settings.packetparser.events.enabled:
+        need.add("ringbuf" if settings.packetparser.events.transport == "ringbuf" else "tc")
+    return need
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        if args.command == "check":
+            return cmd_check(load_settings(args, None))
+        # Parse the config before logging is configured, so its own level/format apply.
+        settings = load_settings(args, None)
+        log = setup_logging(settings.log.level, settings.log.format)
+        if args.config_file is None and not Path(DEFAULT_CONFIG_PATH).exists():
+            log.info("%s not found; using the embedded default config", DEFAULT_CONFIG_PATH)
+    except ConfigError as err:
+        print(f"retinad: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from retinad.daemon.lifecycle import Daemon
+
+    daemon = Daemon(settings, loader=lambda: load_settings(args, None), logger=log)
+    daemon.install_signal_handlers()
+    log.info("starting retinad %s (pid %d)", __version__, os.getpid())
+    try:
+        return daemon.run()
+    except RetinadError as err:
+        log.error("cannot start: %s", err)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The daemon: lifecycle (start, reload, stop, signals) and systemd notification."""

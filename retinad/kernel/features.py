@@ -1,0 +1,282 @@
+"""Probe what this host offers, once, for both the daemon and ``retinad check``.
+
+Each probe asks the kernel itself where it can (libbpf's program/map type probes load a
+trivial object and report whether the verifier accepts it) instead of comparing version
+numbers, because distributions backport features and disable others (this project's own
+CI kernel is 6.18 with kprobes compiled out). Probes never attach anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["ok", "missing", "info"]
+
+BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+# enum bpf_prog_type / bpf_map_type values (uapi/linux/bpf.h; stable ABI numbers)
+_PROG_SCHED_CLS = 3
+_PROG_TRACEPOINT = 5
+_PROG_TRACING = 26
+_MAP_RINGBUF = 27
+
+_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One line of ``retinad check``."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+    """What to do when status is "missing"."""
+
+
+def kernel_release() -> str:
+    return platform.release()
+
+
+def kernel_version() -> tuple[int, int]:
+    parts = kernel_release().split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+@cache
+def _libbpf() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        return None
+
+
+def prog_type_supported(prog_type: int) -> bool | None:
+    """libbpf_probe_bpf_prog_type: None when libbpf is absent."""
+    lib = _libbpf()
+    if lib is None:
+        return None
+    return bool(lib.libbpf_probe_bpf_prog_type(prog_type, None) == 1)
+
+
+def map_type_supported(map_type: int) -> bool | None:
+    lib = _libbpf()
+    if lib is None:
+        return None
+    return bool(lib.libbpf_probe_bpf_map_type(map_type, None) == 1)
+
+
+def tracefs_dir() -> Path | None:
+    for d in TRACEFS_DIRS:
+        if (d / "events").is_dir():
+            return d
+    return None
+
+
+def kernel_headers_dir() -> Path:
+    return Path("/lib/modules") / kernel_release() / "build"
+
+
+def has_kernel_headers() -> bool:
+    """bcc compiles against build/ (generated config) and source/ (the headers; Debian
+    splits them into -amd64 and -common); skbuff.h is what our programs include."""
+    build = kernel_headers_dir()
+    source = build.parent / "source"
+    generated = (build / "include" / "generated" / "autoconf.h").exists()
+    skbuff = any((d / "include" / "linux" / "skbuff.h").exists() for d in (build, source))
+    return generated and skbuff
+
+
+def tracepoint_has_field(category: str, event: str, field: str) -> bool:
+    d = tracefs_dir()
+    if d is None:
+        return False
+    fmt = d / "events" / category / event / "format"
+    try:
+        return f" {field};" in fmt.read_text()
+    except OSError:
+        return False
+
+
+def has_kprobes() -> bool:
+    """kprobe_events exists only in kernels built with CONFIG_KPROBES (and kprobe tracing)."""
+    d = tracefs_dir()
+    return d is not None and (d / "kprobe_events").exists()
+
+
+def has_fentry() -> bool:
+    """BPF_PROG_TYPE_TRACING (fentry/fexit) loads; EPERM/absent kernels say no."""
+    return bool(prog_type_supported(_PROG_TRACING))
+
+
+def has_tcx() -> bool:
+    """tcx (BPF_TCX_INGRESS/EGRESS links, 6.6+): the running kernel's BTF knows the attach type."""
+    try:
+        from retinad.kernel.btf import enum_has_member
+    except ImportError:  # pragma: no cover - btf.py ships with retinad
+        return kernel_version() >= (6, 6)
+    try:
+        return enum_has_member(BTF_PATH, "bpf_attach_type", "BPF_TCX_INGRESS")
+    except Exception:
+        return kernel_version() >= (6, 6)
+
+
+def effective_caps() -> set[str]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                mask = int(line.split()[1], 16)
+                return {name for name, bit in _CAPS.items() if mask >> bit & 1}
+    except OSError:
+        pass
+    return set()
+
+
+def bcc_version() -> str | None:
+    try:
+        import bcc
+    except ImportError:
+        return None
+    return str(getattr(bcc, "__version__", "unknown"))
+
+
+def _yes(ok: bool | None, name: str, yes: str, no: str, fix: str = "") -> Probe:
+    if ok is None:
+        return Probe(name, "missing", "libbpf.so.1 not found", "install libbpf1 (comes with bcc)")
+    return Probe(name, "ok", yes) if ok else Probe(name, "missing", no, fix)
+
+
+def run_probes() -> list[Probe]:
+    """Every probe, in the order ``retinad check`` prints them."""
+    rel = kernel_release()
+    ver = kernel_version()
+    probes: list[Probe] = []
+    add = probes.append
+    add(
+        Probe("kernel", "ok" if ver >= (5, 17) else "missing", rel, "drop reasons need 5.17+")
+        if ver >= (5, 8)
+        else Probe("kernel", "missing", rel, "retinad needs Linux 5.8 or newer")
+    )
+    add(
+        Probe("btf", "ok", str(BTF_PATH))
+        if BTF_PATH.exists()
+        else Probe(
+            "btf", "missing", f"{BTF_PATH} absent", "a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        )
+    )
+    bv = bcc_version()
+    add(
+        Probe("bcc", "ok", f"python bcc {bv}")
+        if bv
+        else Probe(
+            "bcc",
+            "missing",
+            "python module bcc not importable",
+            "apt-get install python3-bpfcc (Debian/Ubuntu) or dnf install python3-bcc (RHEL)",
+        )
+    )
+    hdr = kernel_headers_dir()
+    add(
+        Probe("kernel_headers", "ok", str(hdr.resolve()))
+        if has_kernel_headers()
+        else Probe(
+            "kernel_headers",
+            "missing",
+            f"no kernel headers at {hdr} (include/generated/autoconf.h, include/linux/skbuff.h)",
+            f"apt-get install linux-headers-{rel} (or linux-headers-amd64 and link "
+            f"{hdr} to /usr/src/linux-headers-<ver>-amd64; scripts/setup.sh does this)",
+        )
+    )
+    tdir = tracefs_dir()
+    add(
+        Probe("tracefs", "ok", str(tdir))
+        if tdir
+        else Probe(
+            "tracefs", "missing", "not mounted", "mount -t tracefs tracefs /sys/kernel/tracing"
+        )
+    )
+    add(
+        _yes(
+            prog_type_supported(_PROG_SCHED_CLS),
+            "tc",
+            "sched_cls programs load",
+            "sched_cls rejected",
+        )
+    )
+    add(
+        Probe("tcx", "ok", "tcx links (BPF_TCX_INGRESS/EGRESS)")
+        if has_tcx()
+        else Probe("tcx", "info", "no tcx: clsact qdisc + bpf filter will be used")
+    )
+    add(
+        _yes(
+            prog_type_supported(_PROG_TRACEPOINT),
+            "tracepoints",
+            "tracepoint programs load",
+            "tracepoint programs rejected",
+        )
+    )
+    add(
+        Probe("kfree_skb_reason", "ok", "skb:kfree_skb has a reason field")
+        if tracepoint_has_field("skb", "kfree_skb", "reason")
+        else Probe(
+            "kfree_skb_reason",
+            "missing",
+            "skb:kfree_skb has no reason field",
+            "drop reasons need Linux 5.17+",
+        )
+    )
+    add(
+        _yes(
+            map_type_supported(_MAP_RINGBUF), "ringbuf", "BPF ring buffer", "no ring buffer (5.8+)"
+        )
+    )
+    add(
+        Probe("kprobes", "ok", "kprobe_events present")
+        if has_kprobes()
+        else Probe(
+            "kprobes",
+            "info",
+            "unavailable (CONFIG_KPROBES off): dropreason uses the tracepoint only",
+        )
+    )
+    add(
+        Probe("fentry", "ok", "fentry/fexit programs load")
+        if has_fentry()
+        else Probe("fentry", "info", "unavailable: dropreason uses the tracepoint only")
+    )
+    caps = effective_caps()
+    need = {"CAP_NET_ADMIN"} | ({"CAP_SYS_ADMIN"} if "CAP_BPF" not in caps else set())
+    lacking = sorted(need - caps)
+    add(
+        Probe("capabilities", "ok", ", ".join(sorted(caps)))
+        if not lacking
+        else Probe(
+            "capabilities",
+            "missing",
+            f"lacking {', '.join(lacking)}",
+            "run as root or with CAP_BPF CAP_PERFMON CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+        )
+    )
+    sock = Path("/var/run/docker.sock")
+    add(Probe("docker_socket", "info", f"{sock} {'present' if sock.exists() else 'absent'}"))
+    kube = os.environ.get("KUBECONFIG") or (
+        "in-cluster" if os.environ.get("KUBERNETES_SERVICE_HOST") else ""
+    )
+    add(Probe("kube_config", "info", kube or "none (not in a pod, KUBECONFIG unset)"))
+    return probes
+
+
+NEEDED_BY: dict[str, Callable[[object], bool]] = {}
+"""Filled by the CLI: which probes the given config requires (see cli.check)."""
