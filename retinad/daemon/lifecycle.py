@@ -170,6 +170,7 @@ class Daemon:
         finally:
             n.stopping()
             self.shutdown()
+            n.close()
         self._log.info("stopped")
         return 0
 

@@ -393,16 +393,13 @@ def _duration(value: Any) -> float | None:
 def build_ssl_context(tls: TLSServerConfig, *, source: str) -> ssl.SSLContext:
     """A server context for ``tls``; WebConfigError if a file is missing or does not load."""
     where = f"{source}: tls_server_config"
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = TLS_VERSIONS[tls.min_version]
-    ctx.maximum_version = TLS_VERSIONS[tls.max_version]
     for key in ("cert_file", "key_file", "client_ca_file"):
         name = getattr(tls, key)
         if name and not os.path.isfile(name):
             reason = "no such file" if not os.path.exists(name) else "not a file"
             raise WebConfigError(f'{where}.{key}: cannot read "{name}": {reason}')
-    try:
-        ctx.load_verify_locations(cafile=tls.cert_file)  # a throwaway check: is it a cert?
+    try:  # a throwaway context tells "not a certificate" apart from "wrong key"
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=tls.cert_file)
     except (ssl.SSLError, OSError) as err:
         raise WebConfigError(
             f'{where}.cert_file: "{tls.cert_file}" holds no PEM certificate ({_ssl_reason(err)})'
@@ -459,10 +456,11 @@ def _ssl_reason(err: BaseException) -> str:
 
 # --- watching ------------------------------------------------------------------------------
 
-_Signature = tuple[tuple[str, int, int, int, int], ...]
 _RACY_SECONDS = 2.0
 """A file modified this close to when it was read may change again within the same
 timestamp tick, so its contents (not only its stat) are compared on the next check."""
+
+_Signature = tuple[tuple[str, int, int, int, int], ...]
 
 
 class WebConfigWatcher:
@@ -480,8 +478,11 @@ class WebConfigWatcher:
         self._lock = threading.Lock()
         self._config = load_web_config(path)
         self._tls = self._config.tls is not None
-        self._sig, self._contents, self._read_at = self._snapshot(self._config)
-        self._bad_sig: _Signature | None = None
+        self._paths: tuple[str, ...] = (path, *self._config.files) if path else ()
+        self._sig = _stat(self._paths)
+        self._contents = _contents(self._paths)
+        self._checked_at = time.time()
+        self._bad_contents: tuple[bytes, ...] | None = None
 
     @property
     def tls(self) -> bool:
@@ -493,23 +494,23 @@ class WebConfigWatcher:
         if not self._path:
             return self._config
         with self._lock:
-            paths = (self._path, *self._config.files)
-            sig = _stat(paths)
-            if sig == self._sig and not self._racy(paths):
+            sig = _stat(self._paths)
+            if sig == self._sig and not self._racy():
                 return self._config
-            if sig == self._bad_sig:
-                return self._config
-            self._reload(sig)
+            contents = _contents(self._paths)
+            if contents == self._contents:  # touched, or checked again in the racy window
+                self._sig, self._checked_at = sig, time.time()
+            elif contents != self._bad_contents:
+                self._reload(contents)
             return self._config
 
-    def _racy(self, paths: tuple[str, ...]) -> bool:
-        """Same stat as last time, but recent enough that the contents may still differ."""
-        newest = max((m for _, _, _, m, _ in self._sig), default=0) / 1e9
-        if self._read_at - newest > _RACY_SECONDS:
-            return False
-        return _contents(paths) != self._contents
+    def _racy(self) -> bool:
+        """Whether a file was modified so close to the last check that a later write in
+        the same timestamp tick would leave its stat unchanged (git's "racily clean")."""
+        newest = max((max(m, c) for _, _, _, m, c in self._sig), default=0) / 1e9
+        return self._checked_at - newest <= _RACY_SECONDS
 
-    def _reload(self, sig: _Signature) -> None:
+    def _reload(self, contents: tuple[bytes, ...]) -> None:
         try:
             config = load_web_config(self._path)
             if (config.tls is not None) != self._tls:
@@ -519,19 +520,15 @@ class WebConfigWatcher:
                     "on or off needs a restart"
                 )
         except WebConfigError as err:
-            self._bad_sig = sig
+            self._bad_contents = contents
             self._logger.error("web config not reloaded, keeping the previous one: %s", err)
             return
-        self._config = config
-        self._bad_sig = None
-        self._sig, self._contents, self._read_at = self._snapshot(config)
+        self._config, self._bad_contents = config, None
+        self._paths = (self._path, *config.files)
+        self._sig = _stat(self._paths)
+        self._contents = _contents(self._paths)
+        self._checked_at = time.time()
         self._logger.info("web config reloaded from %s", self._path)
-
-    def _snapshot(self, config: WebConfig) -> tuple[_Signature, tuple[bytes, ...], float]:
-        if not self._path:
-            return (), (), 0.0
-        paths = (self._path, *config.files)
-        return _stat(paths), _contents(paths), time.time()
 
 
 def _stat(paths: tuple[str, ...]) -> _Signature:
