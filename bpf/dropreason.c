@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dropreason: count the packets the kernel drops, by its own drop reason.
+ *
+ * Hook: tracepoint skb:kfree_skb (kernel 5.17+ has the `reason` field). Each drop adds
+ * one packet and skb->len bytes to a per-CPU hash keyed by struct drop_key (retinad.h).
+ * The reason is stored raw: user space names it from the running kernel's BTF, because
+ * the enum is renumbered between kernels and the installed headers may be another
+ * kernel's.
+ *
+ * Everything kernel-specific comes in as -D defines computed by retinad from BTF
+ * (retinad/plugins/dropreason.py); none has a default, so a missing one fails the compile:
+ *   RETINAD_REASON_NOT_DROPPED_YET, RETINAD_REASON_CONSUMED  not drops: ignored (-1 if absent)
+ *   RETINAD_SKB_OFF_{HEAD,NETWORK_HEADER,LEN,SKB_IIF,SK}     struct sk_buff offsets
+ *   RETINAD_HAS_RX_SK       1 if the tracepoint has rx_sk (6.10+), else 0
+ *   RETINAD_ADVANCED        1: key by endpoint address; 0: address left zero (basic mode)
+ *   RETINAD_MAX_ENTRIES     capacity of drop_counts
+ *
+ * Offsets instead of skb->field: bcc would compute those from the installed headers, and
+ * Debian's 6.1 headers put skb->head at byte 200 where 6.18 has it at 192.
+ *
+ * Direction (retinad.model.Direction, from the host's point of view):
+ *   ingress  skb->skb_iif != 0 (set by __netif_receive_skb_core: the packet arrived on an
+ *            interface of this host, including veth and lo) or the tracepoint's rx_sk is set
+ *            (the drop is charged to a receiving socket);
+ *   egress   otherwise, when skb->sk is set (a local socket's packet on its way out);
+ *   unknown  neither: a packet built without a socket (ARP, some ICMP) or one dropped by a
+ *            driver before the receive core.
+ * Endpoint address (advanced mode): the local side, destination for ingress and unknown,
+ * source for egress.
+ */
+#include <linux/skbuff.h>
+#include "retinad.h"
+
+#define ETH_P_IP_HOST 0x0800   /* the tracepoint's protocol field is in host order */
+#define ETH_P_IPV6_HOST 0x86DD
+#define NETWORK_HEADER_UNSET 0xFFFF
+
+BPF_PERCPU_HASH(drop_counts, struct drop_key, struct drop_value, RETINAD_MAX_ENTRIES);
+
+static __always_inline void read_ip(struct drop_key *key, void *skb, __u16 protocol,
+                                    int want_src)
+{
+    unsigned char *head = 0;
+    __u16 nh = NETWORK_HEADER_UNSET;
+    bpf_probe_read_kernel(&head, sizeof(head), skb + RETINAD_SKB_OFF_HEAD);
+    bpf_probe_read_kernel(&nh, sizeof(nh), skb + RETINAD_SKB_OFF_NETWORK_HEADER);
+    if (!head || nh == NETWORK_HEADER_UNSET)
+        return;
+    unsigned char *ip = head + nh;
+    __u8 first = 0;
+    if (bpf_probe_read_kernel(&first, 1, ip))
+        return;
+    if (protocol == ETH_P_IP_HOST && (first >> 4) == 4) {
+        __u8 proto = 0;
+        bpf_probe_read_kernel(&proto, 1, ip + 9);
+        key->proto = proto;
+        key->family = RETINAD_FAMILY_IPV4;
+#if RETINAD_ADVANCED
+        key->addr[10] = 0xff;
+        key->addr[11] = 0xff;
+        bpf_probe_read_kernel(&key->addr[12], 4, ip + (want_src ? 12 : 16));
+#endif
+    } else if (protocol == ETH_P_IPV6_HOST && (first >> 4) == 6) {
+        __u8 nexthdr = 0;
+        bpf_probe_read_kernel(&nexthdr, 1, ip + 6);
+        key->proto = nexthdr;
+        key->family = RETINAD_FAMILY_IPV6;
+#if RETINAD_ADVANCED
+        bpf_probe_read_kernel(&key->addr[0], 16, ip + (want_src ? 8 : 24));
+#endif
+    }
+}
+
+static __always_inline __u8 drop_direction(void *skb, void *rx_sk)
+{
+    int iif = 0;
+    void *sk = 0;
+    bpf_probe_read_kernel(&iif, sizeof(iif), skb + RETINAD_SKB_OFF_SKB_IIF);
+    if (iif != 0 || rx_sk)
+        return RETINAD_DIR_INGRESS;
+    bpf_probe_read_kernel(&sk, sizeof(sk), skb + RETINAD_SKB_OFF_SK);
+    return sk ? RETINAD_DIR_EGRESS : RETINAD_DIR_UNKNOWN;
+}
+
+static __always_inline void count(struct drop_key *key, __u32 len)
+{
+    struct drop_value *v = drop_counts.lookup(key);
+    if (!v) {
+        struct drop_value first = {.packets = 1, .bytes = len};
+        if (bpf_map_update_elem(&drop_counts, key, &first, BPF_NOEXIST) == 0)
+            return;
+        /* Another CPU inserted the same key first (EEXIST), or the map is full (E2BIG):
+         * count into the existing key, else into the overflow key user space made. */
+        v = drop_counts.lookup(key);
+        if (!v) {
+            struct drop_key overflow = {.family = RETINAD_FAMILY_OVERFLOW};
+            v = drop_counts.lookup(&overflow);
+            if (!v)
+                return;
+        }
+    }
+    v->packets += 1;  /* per-CPU value: no other writer */
+    v->bytes += len;
+}
+
+int on_kfree_skb(struct tracepoint__skb__kfree_skb *args)
+{
+    __u32 reason = (__u32)args->reason;
+    if ((long)reason == RETINAD_REASON_NOT_DROPPED_YET || (long)reason == RETINAD_REASON_CONSUMED)
+        return 0;
+    void *skb = args->skbaddr;
+    void *rx_sk = 0;
+#if RETINAD_HAS_RX_SK
+    rx_sk = args->rx_sk;
+#endif
+    struct drop_key key = {};
+    key.reason = reason;
+    key.direction = drop_direction(skb, rx_sk);
+    read_ip(&key, skb, args->protocol, key.direction == RETINAD_DIR_EGRESS);
+    __u32 len = 0;
+    bpf_probe_read_kernel(&len, sizeof(len), skb + RETINAD_SKB_OFF_LEN);
+    count(&key, len);
+    return 0;
+}

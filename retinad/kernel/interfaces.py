@@ -1,0 +1,120 @@
+"""Which interfaces get packetparser's programs, and in which role.
+
+Pure functions over ``LinkInfo`` records: ``link_from_msg`` turns a netlink RTM_NEWLINK
+message into one, ``select_interfaces`` decides from the [packetparser] settings. Reading
+netlink is links.py's job and attaching is attach.py's, so this module is unit-tested with
+literal records.
+
+Roles:
+  host       the host's own interfaces: counted per interface (basic series) and per
+             endpoint, with tc ingress = ingress.
+  container  the host side of a veth whose peer lives in another network namespace
+             (IFLA_LINK_NETNSID is set): tc ingress there is the container's egress.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from retinad.config.schema import InterfaceSelection
+
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+
+
+class Role(Enum):
+    """How an interface's traffic is attributed (see the module docstring)."""
+
+    HOST = "host"
+    CONTAINER = "container"
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """The facts about one network interface that selection and naming need."""
+
+    ifindex: int
+    name: str
+    kind: str
+    """IFLA_INFO_KIND ("veth", "bridge", ...) or "" for a physical device."""
+    up: bool
+    """Administratively up (IFF_UP)."""
+    loopback: bool
+    link_netnsid: int | None
+    """For a veth: the namespace id of its peer's namespace when that differs from ours."""
+
+    @property
+    def container_veth(self) -> bool:
+        """A veth whose other end is in another network namespace (a container's)."""
+        return self.kind == "veth" and self.link_netnsid is not None
+
+
+def link_from_msg(msg: Any) -> LinkInfo | None:
+    """Build a LinkInfo from a pyroute2 ifinfmsg; None if it lacks a name (partial message)."""
+    name = msg.get_attr("IFLA_IFNAME")
+    if not name:
+        return None
+    kind = ""
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    if linkinfo is not None:
+        kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
+    flags = int(msg["flags"])
+    netnsid = msg.get_attr("IFLA_LINK_NETNSID")
+    return LinkInfo(
+        ifindex=int(msg["index"]),
+        name=str(name),
+        kind=str(kind),
+        up=bool(flags & IFF_UP),
+        loopback=bool(flags & IFF_LOOPBACK),
+        link_netnsid=None if netnsid is None else int(netnsid),
+    )
+
+
+def _matches(name: str, globs: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def role_of(
+    link: LinkInfo, selection: InterfaceSelection, *, container_interfaces: bool
+) -> Role | None:
+    """The role ``link`` gets under these settings, or None to leave it alone.
+
+    exclude wins over everything (an operator who excludes a name never wants it touched);
+    a name matched by include is a host interface even if it is a container veth; with no
+    include, every interface that is up, not loopback and not a container veth is a host
+    interface; container veths are containers when container_interfaces is on.
+    """
+    if _matches(link.name, selection.exclude):
+        return None
+    if selection.include:
+        if _matches(link.name, selection.include):
+            return Role.HOST
+    elif link.up and not link.loopback and not link.container_veth:
+        return Role.HOST
+    if container_interfaces and link.container_veth:
+        return Role.CONTAINER
+    return None
+
+
+def select_interfaces(
+    links: Iterable[LinkInfo], selection: InterfaceSelection, *, container_interfaces: bool
+) -> dict[int, Role]:
+    """ifindex -> role for every link that should carry the programs."""
+    chosen: dict[int, Role] = {}
+    for link in links:
+        role = role_of(link, selection, container_interfaces=container_interfaces)
+        if role is not None:
+            chosen[link.ifindex] = role
+    return chosen
+
+
+def describe(links: Mapping[int, LinkInfo], chosen: Mapping[int, Role]) -> str:
+    """A short human list for logs: "eth0 (host), veth1a2b (container)"."""
+    parts = [
+        f"{links[i].name if i in links else i} ({role.value})" for i, role in sorted(chosen.items())
+    ]
+    return ", ".join(parts) or "none"
