@@ -1,0 +1,553 @@
+"""The HTTP side of the exporter: listeners, TLS, basic auth, /metrics and the landing page.
+
+It follows node_exporter and exporter-toolkit: repeatable listen addresses (":port" is
+every address, dual-stack where the host has IPv6), ``collect[]``/``exclude[]`` filters,
+a concurrent-scrape limit answered with 503, and the exporter-toolkit web config
+(``webconfig.py``) re-read on every request so certificates and passwords change without
+a restart. What the metrics are is the ``MetricsSource``'s business, not this module's.
+
+Each listener has one thread blocked in ``accept()``; each connection gets its own thread,
+which does the TLS handshake (so a slow client never holds up the accept loop) and then
+serves HTTP/1.1 keep-alive requests. Where retinad differs from exporter-toolkit:
+
+* ``client_allowed_sans``: a verified client certificate without an allowed SAN gets a
+  403 for each request instead of a failed handshake (Python's ``ssl`` has no hook to
+  abort a handshake after verification).
+* HTTP/2 is never offered; ``http_server_config.http2`` is accepted and ignored.
+* A web config that becomes invalid while running is logged and the last good one stays
+  in force (exporter-toolkit answers 500 until it is fixed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import html
+import http.server
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
+
+import bcrypt
+
+import retinad
+from retinad.config.schema import WebSettings
+from retinad.errors import RetinadError
+from retinad.exporter.webconfig import RateLimit, WebConfigWatcher
+
+IO_TIMEOUT_SECONDS = 60.0
+"""How long a connection may stay silent (handshake, request or keep-alive idle)."""
+_TEXT = "text/plain; charset=utf-8"
+
+
+class MetricsSource(Protocol):
+    """What the server asks for metrics; the daemon's collector registry implements it."""
+
+    def collector_names(self) -> Sequence[str]: ...
+
+    def render(
+        self, *, collect: Sequence[str], exclude: Sequence[str], accept: str | None
+    ) -> tuple[bytes, str]:
+        """Exposition body and its content type. Raises ValueError (message for a 400) for
+        an unknown collector name."""
+        ...
+
+
+class WebServer:
+    """Serves the landing page and the telemetry path on every listen address."""
+
+    def __init__(
+        self, *, settings: WebSettings, source: MetricsSource, logger: logging.Logger
+    ) -> None:
+        self._settings, self._source, self._logger = settings, source, logger
+        self._listeners: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watcher: WebConfigWatcher | None = None
+
+    @property
+    def bound_addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) each listener is bound to; the real port when 0 was asked."""
+        return [cast(tuple[str, int], s.getsockname()[:2]) for s in self._listeners]
+
+    def start(self) -> None:
+        """Load the web config, bind every address, serve each in a daemon thread.
+
+        Raises WebConfigError for a bad web config and RetinadError naming the address
+        when one cannot be bound; then nothing stays bound.
+        """
+        if self._listeners:
+            raise RuntimeError("WebServer.start() called twice")
+        self._watcher = WebConfigWatcher(self._settings.config_file, logger=self._logger)
+        try:
+            for addr in self._settings.listen_address:
+                self._listeners.append(open_listener(addr))
+        except BaseException:
+            self._close_listeners()
+            raise
+        handler = _handler_class(
+            _App(
+                watcher=self._watcher,
+                source=self._source,
+                telemetry_path=self._settings.telemetry_path,
+                in_flight=_InFlight(self._settings.max_requests),
+                logger=self._logger,
+            )
+        )
+        scheme = "https" if self._watcher.tls else "http"
+        for listener in self._listeners:
+            t = threading.Thread(
+                target=self._accept_loop,
+                args=(listener, handler),
+                name=f"web-accept-{listener.getsockname()[1]}",
+                daemon=True,
+            )
+            t.start()
+            self._threads.append(t)
+            host, port = listener.getsockname()[:2]
+            self._logger.info("listening on %s", f"{scheme}://{_join(host, port)}")
+
+    def stop(self) -> None:
+        """Close every listener and open connection; safe to call more than once."""
+        self._stopping.set()
+        for listener in self._listeners:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(timeout=5)
+        self._close_listeners()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # its thread then closes it
+            except OSError:
+                pass
+
+    def healthy(self) -> bool:
+        """Whether every accept loop is still running."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+
+    def _accept_loop(self, listener: socket.socket, handler: type[_Handler]) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, addr = listener.accept()
+            except OSError as err:
+                if self._stopping.is_set():
+                    return
+                self._logger.error("accept failed on %s: %s", listener.getsockname(), err)
+                self._stopping.wait(0.1)  # EMFILE and friends: do not spin
+                continue
+            threading.Thread(
+                target=self._serve_connection, args=(conn, addr, handler), daemon=True
+            ).start()
+
+    def _serve_connection(
+        self, conn: socket.socket, addr: tuple[str, int], handler: type[_Handler]
+    ) -> None:
+        remote = _join(addr[0], addr[1])
+        conn.settimeout(IO_TIMEOUT_SECONDS)
+        try:
+            if self._watcher is not None and self._watcher.tls:
+                ctx = self._watcher.current().ssl_context
+                assert ctx is not None  # TLS is on, so every config in force has one
+                conn = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            with self._lock:
+                self._connections.add(conn)
+            if self._stopping.is_set():
+                return
+            if isinstance(conn, ssl.SSLSocket):
+                try:
+                    conn.do_handshake()
+                except (ssl.SSLError, OSError) as err:
+                    self._logger.debug("refused %s: TLS handshake failed: %s", remote, err)
+                    return
+            handler(conn, addr, cast(http.server.HTTPServer, None))
+        except (ConnectionError, TimeoutError, ssl.SSLError) as err:
+            self._logger.debug("connection from %s ended: %s", remote, err)
+        except Exception:
+            self._logger.exception("error serving %s", remote)
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+
+def open_listener(addr: str) -> socket.socket:
+    """A listening socket for "host:port", "[v6]:port" or ":port" (port 0: any free port).
+
+    ":port" binds "::" with IPV6_V6ONLY off, so one socket takes IPv4 and IPv6, and falls
+    back to 0.0.0.0 on a host without IPv6.
+    """
+    try:
+        host, port = split_address(addr)
+    except ValueError as err:
+        raise RetinadError(f'cannot listen on "{addr}": {err}') from None
+    try:
+        if host:
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family, sockaddr = infos[0][0], infos[0][4]
+            return _bind(family, sockaddr)
+        try:
+            return _bind(socket.AF_INET6, ("::", port), dual_stack=True)
+        except OSError as err:
+            if err.errno == socket.EAI_ADDRFAMILY or not socket.has_ipv6 or _no_ipv6(err):
+                return _bind(socket.AF_INET, ("0.0.0.0", port))
+            raise
+    except socket.gaierror as err:
+        raise RetinadError(f'cannot listen on "{addr}": cannot resolve "{host}": {err}') from err
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        raise RetinadError(f'cannot listen on "{addr}": {reason}') from err
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    """(host, port) from a listen address; unlike the config check it allows port 0."""
+    if addr.startswith("["):
+        host, sep, port = addr[1:].partition("]:")
+    else:
+        host, sep, port = addr.rpartition(":")
+        if ":" in host:
+            raise ValueError("an IPv6 address must be in brackets, as [::1]:port")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected host:port, [address]:port or :port")
+    return host, int(port)
+
+
+def _no_ipv6(err: OSError) -> bool:
+    import errno
+
+    return err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+
+
+def _bind(family: int, sockaddr: tuple[object, ...], *, dual_stack: bool = False) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- request handling ----------------------------------------------------------------------
+
+
+class _App:
+    """Everything a request needs, shared by every connection of one WebServer."""
+
+    def __init__(
+        self,
+        *,
+        watcher: WebConfigWatcher,
+        source: MetricsSource,
+        telemetry_path: str,
+        in_flight: _InFlight,
+        logger: logging.Logger,
+    ) -> None:
+        self.watcher, self.source, self.logger = watcher, source, logger
+        self.telemetry_path, self.in_flight = telemetry_path, in_flight
+        self.auth = _BasicAuth()
+        self.rate = _RateLimiter()
+        link = html.escape(telemetry_path.lstrip("/"), quote=True)
+        self.landing = LANDING_PAGE.format(link=link, version=retinad.__version__).encode()
+
+
+LANDING_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>retinad</title>
+</head>
+<body>
+<h1>retinad</h1>
+<p>eBPF network observability for Linux hosts.</p>
+<ul>
+<li><a href="{link}">Metrics</a></li>
+</ul>
+<p>Version: {version}</p>
+</body>
+</html>
+"""
+"""Links are relative, so the page works behind a reverse proxy under a path prefix."""
+
+
+def _handler_class(app: _App) -> type[_Handler]:
+    return type("Handler", (_Handler,), {"app": app})
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """One connection's requests; ``app`` is set on a per-server subclass."""
+
+    app: ClassVar[_App]
+    protocol_version = "HTTP/1.1"
+    server_version = f"retinad/{retinad.__version__}"
+    sys_version = ""
+    _extra: Sequence[tuple[str, str]] = ()
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches on
+        app = self.app
+        config = app.watcher.current()
+        self._extra = config.http.headers
+        if config.tls and config.tls.client_allowed_sans and not _san_allowed(
+            self.connection, config.tls.client_allowed_sans
+        ):
+            self._refuse(403, "Forbidden", "client certificate has no allowed SAN")
+            return
+        if not app.rate.allow(config.rate_limit):
+            self._refuse(429, "Too Many Requests", "rate limit")
+            return
+        users = config.basic_auth_users
+        if users and not app.auth.check(users, self.headers.get("Authorization")):
+            self._refuse(401, "Unauthorized", "basic auth", [("WWW-Authenticate", "Basic")])
+            return
+        url = urlsplit(self.path)
+        if url.path == app.telemetry_path:
+            self._metrics(url.query)
+        elif url.path == "/":
+            self._reply(200, app.landing, "text/html; charset=utf-8")
+        else:
+            self._refuse(404, "404 page not found", "no such path", text_only=True)
+
+    def _metrics(self, query: str) -> None:
+        app = self.app
+        params = parse_qs(query, keep_blank_values=True)
+        collect, exclude = params.get("collect[]", []), params.get("exclude[]", [])
+        if collect and exclude:
+            self._refuse(400, "Combined collect and exclude queries are not allowed.", "filter")
+            return
+        if not app.in_flight.acquire():
+            limit = app.in_flight.limit
+            msg = f"Limit of concurrent requests reached ({limit}), try again later."
+            self._refuse(503, msg, "max_requests")
+            return
+        try:
+            body, content_type = app.source.render(
+                collect=collect, exclude=exclude, accept=self.headers.get("Accept")
+            )
+        except ValueError as err:
+            self._refuse(400, f"Couldn't create filtered metrics handler: {err}", "filter")
+            return
+        except Exception as err:
+            app.logger.exception("error rendering metrics for %s", self._remote())
+            msg = f"An error has occurred while serving metrics:\n\n{err}"
+            self._reply(500, f"{msg}\n".encode(), _TEXT)
+            return
+        finally:
+            app.in_flight.release()
+        headers: list[tuple[str, str]] = []
+        if _accepts_gzip(self.headers.get("Accept-Encoding")):
+            body = gzip.compress(body)
+            headers.append(("Content-Encoding", "gzip"))
+        self._reply(200, body, content_type, headers)
+
+    def _refuse(
+        self,
+        status: int,
+        text: str,
+        why: str,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        text_only: bool = False,
+    ) -> None:
+        self.app.logger.debug(
+            "refused %s %s from %s: %d (%s)",
+            self.command,
+            self.path,
+            self._remote(),
+            status,
+            why,
+        )
+        extra = [*headers, ("X-Content-Type-Options", "nosniff")]
+        self._reply(status, f"{text}\n".encode(), _TEXT, extra)
+
+    def _reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.send_response(status)
+        sent = {name.lower() for name, _ in self._extra}
+        for name, value in self._extra:
+            self.send_header(name, value)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            if name.lower() not in sent:
+                self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _remote(self) -> str:
+        return _join(self.client_address[0], self.client_address[1])
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Requests are not logged one by one; refusals and errors are, by the handler."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base's name
+        """http.server's own complaints (bad request line, timeout) are client trouble."""
+        self.app.logger.debug("from %s: %s", self._remote(), format % args)
+
+
+def _accepts_gzip(header: str | None) -> bool:
+    for part in (header or "").split(","):
+        name, _, params = part.partition(";")
+        if name.strip().lower() == "gzip":
+            q = params.strip().removeprefix("q=")
+            return not (params.strip().startswith("q=") and _float(q) == 0)
+    return False
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 1.0
+
+
+def _san_allowed(conn: socket.socket, allowed: Sequence[str]) -> bool:
+    """Whether the verified client certificate has one of ``allowed`` as a SAN (DNS, IP,
+    e-mail or URI, compared exactly as exporter-toolkit does; IPs in canonical form)."""
+    import ipaddress
+
+    cert = conn.getpeercert() if isinstance(conn, ssl.SSLSocket) else None
+    if not cert:
+        return False
+    wanted = set(allowed)
+    for kind, value in cast(Sequence[tuple[str, str]], cert.get("subjectAltName", ())):
+        if kind == "IP Address":
+            try:
+                value = str(ipaddress.ip_address(value.strip()))
+            except ValueError:
+                continue
+        if value in wanted:
+            return True
+    return False
+
+
+class _InFlight:
+    """promhttp's MaxRequestsInFlight: a non-blocking counter; limit 0 means no limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.limit and self._count >= self.limit:
+                return False
+            self._count += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+
+class _RateLimiter:
+    """exporter-toolkit's ``rate_limit``: a token bucket, one token per interval, holding
+    at most ``burst`` (so burst 0 refuses everything, as Go's rate.Limiter does)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._config = RateLimit()
+        self._tokens = 0.0
+        self._at = 0.0
+
+    def allow(self, config: RateLimit) -> bool:
+        if config.interval_seconds <= 0:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if config != self._config:
+                self._config, self._tokens, self._at = config, float(config.burst), now
+            refill = (now - self._at) / config.interval_seconds
+            self._tokens = min(float(config.burst), self._tokens + refill)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
+
+
+class _BasicAuth:
+    """bcrypt basic auth with exporter-toolkit's cache: a successful (user, password) check
+    against a given hash is remembered, so scrapes do not pay bcrypt every time; a changed
+    hash is a new key. Failures are never cached and are serialized, like the bcrypt
+    calls themselves, which also slows guessing."""
+
+    _CACHE_SIZE = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ok: set[bytes] = set()
+        self._dummy: bytes | None = None
+
+    def check(self, users: Mapping[str, str], header: str | None) -> bool:
+        credentials = _parse_basic(header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        hashed = users.get(user)
+        key = hashlib.sha256(b"\0".join((user.encode(), (hashed or "").encode(), password)))
+        digest = key.digest()
+        if hashed is not None and digest in self._ok:
+            return True
+        with self._lock:
+            if hashed is None:  # same cost as a real check: no user enumeration by timing
+                self._dummy = self._dummy or bcrypt.hashpw(b"not a user", bcrypt.gensalt(10))
+            try:
+                ok = bcrypt.checkpw(password, (hashed or "").encode() or self._dummy or b"")
+            except ValueError:  # over 72 bytes, or a malformed hash
+                ok = False
+            if ok and hashed is not None:
+                if len(self._ok) >= self._CACHE_SIZE:
+                    self._ok.clear()
+                self._ok.add(digest)
+                return True
+        return False
+
+
+def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
+    scheme, _, encoded = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    try:
+        return user.decode("utf-8"), password
+    except UnicodeDecodeError:
+        return None
