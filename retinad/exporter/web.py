@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import gzip
 import hashlib
 import html
 import http.server
+import ipaddress
 import logging
 import socket
 import ssl
@@ -120,20 +123,16 @@ class WebServer:
         """Close every listener and open connection; safe to call more than once."""
         self._stopping.set()
         for listener in self._listeners:
-            try:
+            with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-            except OSError:
-                pass
         for t in self._threads:
             t.join(timeout=5)
         self._close_listeners()
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)  # its thread then closes it
-            except OSError:
-                pass
 
     def healthy(self) -> bool:
         """Whether every accept loop is still running."""
@@ -165,7 +164,8 @@ class WebServer:
         try:
             if self._watcher is not None and self._watcher.tls:
                 ctx = self._watcher.current().ssl_context
-                assert ctx is not None  # TLS is on, so every config in force has one
+                if ctx is None:  # cannot happen: the watcher keeps TLS on once it is on
+                    raise RuntimeError("TLS server without an SSL context")
                 conn = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             with self._lock:
                 self._connections.add(conn)
@@ -200,15 +200,13 @@ def open_listener(addr: str) -> socket.socket:
         raise RetinadError(f'cannot listen on "{addr}": {err}') from None
     try:
         if host:
-            infos = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             family, sockaddr = infos[0][0], infos[0][4]
             return _bind(family, sockaddr)
         try:
             return _bind(socket.AF_INET6, ("::", port), dual_stack=True)
         except OSError as err:
-            if err.errno == socket.EAI_ADDRFAMILY or not socket.has_ipv6 or _no_ipv6(err):
+            if err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
                 return _bind(socket.AF_INET, ("0.0.0.0", port))
             raise
     except socket.gaierror as err:
@@ -229,12 +227,6 @@ def split_address(addr: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError("expected host:port, [address]:port or :port")
     return host, int(port)
-
-
-def _no_ipv6(err: OSError) -> bool:
-    import errno
-
-    return err.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
 def _bind(family: int, sockaddr: tuple[object, ...], *, dual_stack: bool = False) -> socket.socket:
@@ -310,12 +302,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     _extra: Sequence[tuple[str, str]] = ()
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches on
+    def do_GET(self) -> None:
         app = self.app
         config = app.watcher.current()
         self._extra = config.http.headers
-        if config.tls and config.tls.client_allowed_sans and not _san_allowed(
-            self.connection, config.tls.client_allowed_sans
+        if (
+            config.tls
+            and config.tls.client_allowed_sans
+            and not _san_allowed(self.connection, config.tls.client_allowed_sans)
         ):
             self._refuse(403, "Forbidden", "client certificate has no allowed SAN")
             return
@@ -411,7 +405,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Requests are not logged one by one; refusals and errors are, by the handler."""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base's name
+    def log_message(self, format: str, *args: object) -> None:
         """http.server's own complaints (bad request line, timeout) are client trouble."""
         self.app.logger.debug("from %s: %s", self._remote(), format % args)
 
@@ -435,8 +429,6 @@ def _float(text: str) -> float:
 def _san_allowed(conn: socket.socket, allowed: Sequence[str]) -> bool:
     """Whether the verified client certificate has one of ``allowed`` as a SAN (DNS, IP,
     e-mail or URI, compared exactly as exporter-toolkit does; IPs in canonical form)."""
-    import ipaddress
-
     cert = conn.getpeercert() if isinstance(conn, ssl.SSLSocket) else None
     if not cert:
         return False
@@ -522,11 +514,15 @@ class _BasicAuth:
         if hashed is not None and digest in self._ok:
             return True
         with self._lock:
-            if hashed is None:  # same cost as a real check: no user enumeration by timing
-                self._dummy = self._dummy or bcrypt.hashpw(b"not a user", bcrypt.gensalt(10))
+            if hashed is not None:
+                against = hashed.encode()
+            else:  # pay the same bcrypt cost as for a real user: no enumeration by timing
+                if self._dummy is None:
+                    self._dummy = bcrypt.hashpw(b"not a user", bcrypt.gensalt(10))
+                against = self._dummy
             try:
-                ok = bcrypt.checkpw(password, (hashed or "").encode() or self._dummy or b"")
-            except ValueError:  # over 72 bytes, or a malformed hash
+                ok = bcrypt.checkpw(password, against)
+            except ValueError:  # a password over 72 bytes
                 ok = False
             if ok and hashed is not None:
                 if len(self._ok) >= self._CACHE_SIZE:
