@@ -85,6 +85,7 @@ class DaemonProcess:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM unless it already exited; wait; return the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:

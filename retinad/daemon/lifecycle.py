@@ -135,10 +135,12 @@ class Daemon:
 
     def status(self) -> str:
         parts = [f"{name}: {p.status()}" for name, p in self._plugins.items()]
+        if not parts:
+            parts.append("no plugins enabled")
         if self._web is not None:
             addrs = ", ".join(f"{h or '*'}:{p}" for h, p in self._web.bound_addresses)
             parts.append(f"serving on {addrs}")
-        return "; ".join(parts) or "no plugins enabled"
+        return "; ".join(parts)
 
     def healthy(self) -> bool:
         web_ok = self._web is not None and self._web.healthy()

@@ -1,23 +1,30 @@
-"""The explicit table of resolvers: [resolvers].order name -> module.
+"""The explicit table of resolvers: [resolvers].order name -> how to build it.
 
-Each module exports ``create(settings: ResolverSettings, logger) -> Resolver``; modules are
-imported only when listed, so an SDK that is absent costs nothing unless configured.
+Modules are imported only when listed, so an SDK that is absent (docker, kubernetes) costs
+nothing unless configured.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+from collections.abc import Callable
 
 from retinad.config.schema import ResolverSettings
 from retinad.resolvers.base import Resolver, ResolverChain
 
-RESOLVER_MODULES = {"host": "retinad.resolvers.host"}
+
+def _host(settings: ResolverSettings, logger: logging.Logger) -> Resolver:
+    from retinad.resolvers.host import HostResolver
+
+    return HostResolver(logger=logger)
+
+
+RESOLVER_FACTORIES: dict[str, Callable[[ResolverSettings, logging.Logger], Resolver]] = {
+    "host": _host,
+}
 
 
 def build_chain(settings: ResolverSettings, logger: logging.Logger) -> ResolverChain:
-    resolvers: list[Resolver] = []
-    for name in settings.order:
-        mod = importlib.import_module(RESOLVER_MODULES[name])
-        resolvers.append(mod.create(settings, logger.getChild(name)))
-    return ResolverChain(resolvers)
+    return ResolverChain(
+        [RESOLVER_FACTORIES[name](settings, logger.getChild(name)) for name in settings.order]
+    )

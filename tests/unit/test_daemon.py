@@ -109,6 +109,7 @@ def test_sigint_also_stops_cleanly(tmp_path: Path, notify: NotifySocket, free_po
     notify.wait_for("READY=1")
     d.signal(signal.SIGINT)
     assert d.proc.wait(20) == 0
+    assert d.stop() == 0
 
 
 def test_port_in_use_fails_start_with_exit_1(
@@ -122,6 +123,7 @@ def test_port_in_use_fails_start_with_exit_1(
     try:
         d = start(tmp_path, notify, free_port)
         assert d.proc.wait(20) == 1
+        assert d.stop() == 1
         assert f"127.0.0.1:{free_port}" in d.log
         assert "READY=1" not in "".join(notify.messages)
     finally:
