@@ -71,6 +71,7 @@ class WebServer:
     ) -> None:
         self._settings, self._source, self._logger = settings, source, logger
         self._listeners: list[socket.socket] = []
+        self._addresses: list[tuple[str, int]] = []
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -79,8 +80,9 @@ class WebServer:
 
     @property
     def bound_addresses(self) -> list[tuple[str, int]]:
-        """The (host, port) each listener is bound to; the real port when 0 was asked."""
-        return [cast(tuple[str, int], s.getsockname()[:2]) for s in self._listeners]
+        """The (host, port) each listener is bound to, the real port when 0 was asked;
+        empty before start() and after stop()."""
+        return list(self._addresses)
 
     def start(self) -> None:
         """Load the web config, bind every address, serve each in a daemon thread.
@@ -97,6 +99,7 @@ class WebServer:
         except BaseException:
             self._close_listeners()
             raise
+        self._addresses = [cast(tuple[str, int], s.getsockname()[:2]) for s in self._listeners]
         handler = _handler_class(
             _App(
                 watcher=self._watcher,
@@ -141,6 +144,7 @@ class WebServer:
     def _close_listeners(self) -> None:
         for listener in self._listeners:
             listener.close()
+        self._listeners, self._addresses = [], []
 
     def _accept_loop(self, listener: socket.socket, handler: type[_Handler]) -> None:
         while not self._stopping.is_set():
@@ -176,6 +180,9 @@ class WebServer:
                     conn.do_handshake()
                 except (ssl.SSLError, OSError) as err:
                     self._logger.debug("refused %s: TLS handshake failed: %s", remote, err)
+                    if getattr(err, "reason", None) == "HTTP_REQUEST":
+                        _send_raw(conn, _PLAIN_HTTP_TO_TLS)
+                    _linger(conn)
                     return
             handler(conn, addr, cast(http.server.HTTPServer, None))
         except (ConnectionError, TimeoutError, ssl.SSLError) as err:
@@ -186,6 +193,31 @@ class WebServer:
             with self._lock:
                 self._connections.discard(conn)
             conn.close()
+
+
+_PLAIN_HTTP_TO_TLS = (
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
+"""Go's net/http answer to plain HTTP on a TLS port, so curl users see what is wrong."""
+
+
+def _send_raw(conn: socket.socket, data: bytes) -> None:
+    """Write past the TLS layer, on the bare TCP socket."""
+    with contextlib.suppress(OSError):
+        socket.socket.sendall(conn, data)
+
+
+def _linger(conn: socket.socket) -> None:
+    """Close gracefully after a refused handshake: closing with the client's unread bytes
+    in the buffer sends a TCP reset, which can destroy the TLS alert before the client
+    reads it. So stop writing, drain briefly, and let the client hang up first."""
+    deadline = time.monotonic() + 2.0
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(conn, socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not socket.socket.recv(conn, 4096):
+                break
 
 
 def open_listener(addr: str) -> socket.socket:
@@ -210,7 +242,8 @@ def open_listener(addr: str) -> socket.socket:
                 return _bind(socket.AF_INET, ("0.0.0.0", port))
             raise
     except socket.gaierror as err:
-        raise RetinadError(f'cannot listen on "{addr}": cannot resolve "{host}": {err}') from err
+        reason = (err.strerror or str(err)).lower()
+        raise RetinadError(f'cannot listen on "{addr}": cannot resolve "{host}": {reason}') from err
     except OSError as err:
         reason = (err.strerror or str(err)).lower()
         raise RetinadError(f'cannot listen on "{addr}": {reason}') from err
@@ -299,7 +332,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     app: ClassVar[_App]
     protocol_version = "HTTP/1.1"
     server_version = f"retinad/{retinad.__version__}"
-    sys_version = ""
     _extra: Sequence[tuple[str, str]] = ()
 
     def do_GET(self) -> None:
@@ -401,6 +433,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _remote(self) -> str:
         return _join(self.client_address[0], self.client_address[1])
+
+    def version_string(self) -> str:
+        """The Server header: "retinad/<version>", without Python's version."""
+        return self.server_version
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Requests are not logged one by one; refusals and errors are, by the handler."""

@@ -22,8 +22,9 @@ Where Python's ``ssl`` module differs from Go's ``crypto/tls``:
   ``ssl`` cannot require a certificate without verifying it against a CA.
 * ``cipher_suites`` applies to TLS 1.2 and below, as in Go; TLS 1.3 suites are accepted
   and ignored (both libraries always enable them).
-* ``curve_preferences``: ``ssl`` sets one group only, so the first listed curve is the only
-  one offered.
+* ``curve_preferences``: ``ssl`` can restrict the key exchange to one NIST curve only, so
+  the first listed curve is the only one offered; with X25519 first, OpenSSL's default
+  order (X25519 first, then the NIST curves) is kept.
 * ``http_server_config.http2`` is accepted and ignored: retinad serves HTTP/1.1 only.
 
 ``WebConfigWatcher`` re-reads the file (and the certificate, key and CA files it names)
@@ -202,15 +203,17 @@ def _show(value: Any) -> str:
 class _Section:
     """One YAML mapping with its dotted key path, for error messages that name the key."""
 
-    def __init__(self, data: Any, *, source: str, path: str, known: tuple[str, ...]) -> None:
+    def __init__(self, data: Any, *, source: str, path: str, known: tuple[str, ...] | None) -> None:
+        """``known`` lists the allowed keys; None for a free map (users, headers)."""
         self.source, self.path = source, path
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise self.error(f"expected a mapping, got {_show(data)}")
-        for key in data:
-            if key not in known:
-                near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        allowed = known or ()
+        for key in data if known is not None else ():
+            if key not in allowed:
+                near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
                 hint = f' (did you mean "{near[0]}"?)' if near else ""
                 raise self.error(f"unknown key{hint}", key=str(key))
         self.data: dict[Any, Any] = data
@@ -330,7 +333,7 @@ def _parse_tls(data: Any, *, source: str, folder: str) -> TLSServerConfig | None
 def _parse_http(data: Any, *, source: str) -> HTTPServerConfig:
     s = _Section(data, source=source, path="http_server_config", known=("http2", "headers"))
     raw = s.data.get("headers") or {}
-    h = _Section(raw, source=source, path="http_server_config.headers", known=())
+    h = _Section(raw, source=source, path="http_server_config.headers", known=None)
     headers: list[tuple[str, str]] = []
     for name, value in h.data.items():
         if name not in EXTRA_HEADERS:
@@ -348,7 +351,7 @@ def _parse_http(data: Any, *, source: str) -> HTTPServerConfig:
 
 
 def _parse_users(data: Any, *, source: str) -> dict[str, str]:
-    s = _Section(data, source=source, path="basic_auth_users", known=())
+    s = _Section(data, source=source, path="basic_auth_users", known=None)
     users: dict[str, str] = {}
     for user, hashed in s.data.items():
         if not isinstance(user, str):
@@ -395,9 +398,12 @@ def build_ssl_context(tls: TLSServerConfig, *, source: str) -> ssl.SSLContext:
     where = f"{source}: tls_server_config"
     for key in ("cert_file", "key_file", "client_ca_file"):
         name = getattr(tls, key)
-        if name and not os.path.isfile(name):
-            reason = "no such file" if not os.path.exists(name) else "not a file"
-            raise WebConfigError(f'{where}.{key}: cannot read "{name}": {reason}')
+        try:
+            if name:
+                with open(name, "rb"):
+                    pass
+        except OSError as err:
+            raise WebConfigError(f'{where}.{key}: cannot read "{name}": {_reason(err)}') from err
     try:  # a throwaway context tells "not a certificate" apart from "wrong key"
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=tls.cert_file)
     except (ssl.SSLError, OSError) as err:
@@ -443,8 +449,9 @@ def _fresh_context(tls: TLSServerConfig) -> ssl.SSLContext:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.curve_preferences:
-        ctx.set_ecdh_curve(CURVES[tls.curve_preferences[0]])
+    first = CURVES[tls.curve_preferences[0]] if tls.curve_preferences else "X25519"
+    if first != "X25519":  # X25519 first is OpenSSL's own default order already
+        ctx.set_ecdh_curve(first)
     return ctx
 
 
