@@ -11,7 +11,7 @@
  * Everything kernel-specific comes in as -D defines computed by retinad from BTF
  * (retinad/plugins/dropreason.py); none has a default, so a missing one fails the compile:
  *   RETINAD_REASON_NOT_DROPPED_YET, RETINAD_REASON_CONSUMED  not drops: ignored (-1 if absent)
- *   RETINAD_SKB_OFF_{HEAD,NETWORK_HEADER,LEN,SKB_IIF,SK}     struct sk_buff offsets
+ *   RETINAD_SKB_OFF_{HEAD,DATA,NETWORK_HEADER,LEN,SKB_IIF,SK} struct sk_buff offsets
  *   RETINAD_HAS_RX_SK       1 if the tracepoint has rx_sk (6.10+), else 0
  *   RETINAD_ADVANCED        1: key by endpoint address; 0: address left zero (basic mode)
  *   RETINAD_MAX_ENTRIES     capacity of drop_counts
@@ -26,6 +26,9 @@
  *   egress   otherwise, when skb->sk is set (a local socket's packet on its way out);
  *   unknown  neither: a packet built without a socket (ARP, some ICMP) or one dropped by a
  *            driver before the receive core.
+ * Bytes: the packet's length from its IP header on, whatever layer dropped it (skb->len
+ * alone depends on how far the stack had pulled: a UDP drop sees no IP header, a qdisc
+ * drop sees the Ethernet header too); skb->len when there is no network header.
  * Endpoint address (advanced mode): the local side, destination for ingress and unknown,
  * source for egress.
  */
@@ -38,19 +41,24 @@
 
 BPF_PERCPU_HASH(drop_counts, struct drop_key, struct drop_value, RETINAD_MAX_ENTRIES);
 
-static __always_inline void read_ip(struct drop_key *key, void *skb, __u16 protocol,
-                                    int want_src)
+/* Fill proto, family (and the address in advanced mode) from the IP header; return the
+ * length from the IP header on, or skb->len when there is none. */
+static __always_inline __u32 read_ip(struct drop_key *key, void *skb, __u16 protocol,
+                                     int want_src)
 {
-    unsigned char *head = 0;
+    unsigned char *head = 0, *data = 0;
     __u16 nh = NETWORK_HEADER_UNSET;
+    __u32 len = 0;
+    bpf_probe_read_kernel(&len, sizeof(len), skb + RETINAD_SKB_OFF_LEN);
     bpf_probe_read_kernel(&head, sizeof(head), skb + RETINAD_SKB_OFF_HEAD);
+    bpf_probe_read_kernel(&data, sizeof(data), skb + RETINAD_SKB_OFF_DATA);
     bpf_probe_read_kernel(&nh, sizeof(nh), skb + RETINAD_SKB_OFF_NETWORK_HEADER);
     if (!head || nh == NETWORK_HEADER_UNSET)
-        return;
+        return len;
     unsigned char *ip = head + nh;
     __u8 first = 0;
     if (bpf_probe_read_kernel(&first, 1, ip))
-        return;
+        return len;
     if (protocol == ETH_P_IP_HOST && (first >> 4) == 4) {
         __u8 proto = 0;
         bpf_probe_read_kernel(&proto, 1, ip + 9);
@@ -69,7 +77,14 @@ static __always_inline void read_ip(struct drop_key *key, void *skb, __u16 proto
 #if RETINAD_ADVANCED
         bpf_probe_read_kernel(&key->addr[0], 16, ip + (want_src ? 8 : 24));
 #endif
+    } else {
+        return len;
     }
+    /* data may be before the IP header (L2 still on) or after it (already pulled). */
+    long shift = (long)(data - ip);
+    if (shift < -(long)len || shift > 0xFFFF)
+        return len;
+    return len + (__u32)shift;
 }
 
 static __always_inline __u8 drop_direction(void *skb, void *rx_sk)
@@ -88,7 +103,7 @@ static __always_inline void count(struct drop_key *key, __u32 len)
     struct drop_value *v = drop_counts.lookup(key);
     if (!v) {
         struct drop_value first = {.packets = 1, .bytes = len};
-        if (bpf_map_update_elem(&drop_counts, key, &first, BPF_NOEXIST) == 0)
+        if (drop_counts.insert(key, &first) == 0)  /* BPF_NOEXIST */
             return;
         /* Another CPU inserted the same key first (EEXIST), or the map is full (E2BIG):
          * count into the existing key, else into the overflow key user space made. */
@@ -117,9 +132,7 @@ int on_kfree_skb(struct tracepoint__skb__kfree_skb *args)
     struct drop_key key = {};
     key.reason = reason;
     key.direction = drop_direction(skb, rx_sk);
-    read_ip(&key, skb, args->protocol, key.direction == RETINAD_DIR_EGRESS);
-    __u32 len = 0;
-    bpf_probe_read_kernel(&len, sizeof(len), skb + RETINAD_SKB_OFF_LEN);
+    __u32 len = read_ip(&key, skb, args->protocol, key.direction == RETINAD_DIR_EGRESS);
     count(&key, len);
     return 0;
 }

@@ -99,6 +99,9 @@ class ExporterRegistry:
         duration = GaugeMetricFamily(
             naming.SCRAPE_DURATION, "Duration of a collector scrape.", labels=["collector"]
         )
+        # Families with one name from several collectors (retinad_map_entries{map} from
+        # each plugin) are merged: the exposition format allows one HELP/TYPE per name.
+        merged: dict[str, Metric] = {}
         for name, collector in chosen:
             start = time.perf_counter()
             try:
@@ -109,7 +112,12 @@ class ExporterRegistry:
                 metrics, ok = [], 0.0
             duration.add_metric([name], time.perf_counter() - start)
             success.add_metric([name], ok)
-            yield from metrics
+            for m in metrics:
+                if m.name in merged:
+                    merged[m.name].samples.extend(m.samples)
+                else:
+                    merged[m.name] = m
+        yield from merged.values()
         yield success
         yield duration
 

@@ -340,3 +340,16 @@ def drop_reason_subsystems(btf: Btf) -> dict[int, str]:
 def read_drop_reasons(path: str | Path = VMLINUX_BTF) -> dict[int, str]:
     """``enum skb_drop_reason`` of the BTF blob at ``path`` as ``{value: name}``."""
     return drop_reasons(Btf.from_file(path))
+
+
+def enum_has_member(path: str | Path, enum_name: str, member: str) -> bool:
+    """Whether ``enum enum_name`` in the BTF at ``path`` has the constant ``member``
+    (e.g. bpf_attach_type / BPF_TCX_INGRESS for tcx). Raises BtfError if unreadable."""
+    values = Btf.from_file(path).enum(enum_name)
+    return values is not None and member in values.values()
+
+
+def struct_has_member(path: str | Path, struct_name: str, member: str) -> bool:
+    """Whether ``struct struct_name`` has ``member`` (anonymous members searched), e.g.
+    trace_event_raw_kfree_skb / reason: the skb:kfree_skb tracepoint reports drop reasons."""
+    return Btf.from_file(path).member(struct_name, member) is not None

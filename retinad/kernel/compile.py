@@ -22,7 +22,7 @@ def find_bpf_dir() -> Path:
     """Where the BPF sources are: $RETINAD_BPF_DIR, the checkout's bpf/, or the install path."""
     env = os.environ.get("RETINAD_BPF_DIR")
     if env:
-        return Path(env)
+        return Path(env).resolve()  # bcc resolves -I against its own cwd
     checkout = Path(__file__).resolve().parents[2] / "bpf"
     if (checkout / "retinad.h").exists():
         return checkout
@@ -37,6 +37,7 @@ def compile_program(
     Raises CompileError naming the file and bcc's own message (which includes the clang
     diagnostics or the verifier log for the failing program).
     """
+    bpf_dir = bpf_dir.resolve()
     src = bpf_dir / filename
     if not src.is_file():
         raise CompileError(f"{src}: BPF source not found (is [bpf] installed?)")

@@ -59,7 +59,9 @@ RETINA_CATEGORIES: Mapping[str, str] = MappingProxyType(
 TCP_CONNECT_BASIC and TCP_ACCEPT_BASIC count failed connect()/accept() calls, which free
 no packet and have no kernel drop reason; TCP_CLOSE_BASIC has no hook even in Retina."""
 
-_EMPTY: Mapping[int, str] = MappingProxyType({})
+
+def _empty() -> Mapping[int, str]:
+    return MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,9 @@ class DropReasonNames:
 
     core: Mapping[int, str]
     """enum skb_drop_reason, prefix stripped: {2: "NOT_SPECIFIED", ...}."""
-    subsystems: Mapping[int, str] = field(default=_EMPTY)
+    subsystems: Mapping[int, str] = field(default_factory=_empty)
     """enum skb_drop_reason_subsys without CORE's prefix: {2: "OPENVSWITCH", ...}."""
-    subsystem_reasons: Mapping[int, str] = field(default=_EMPTY)
+    subsystem_reasons: Mapping[int, str] = field(default_factory=_empty)
     """Full raw value (subsystem bits included) -> the subsystem enum's constant name."""
 
     def name(self, raw: int) -> str:

@@ -1,0 +1,332 @@
+"""The dropreason plugin: packets and bytes the kernel drops, by its own drop reason.
+
+Source: tracepoint skb:kfree_skb with its ``reason`` field (5.17+), counted in kernel into
+a per-CPU hash (bpf/dropreason.c) and read in batches at scrape time. Names come from the
+running kernel's BTF (retinad.kernel.dropreasons); so do the struct sk_buff offsets the
+program reads, because bcc compiles against whatever headers are installed.
+
+Retina's own hooks (kprobes on nf_hook_slow, nf_nat_inet_fn, tcp_v4_connect,
+inet_csk_accept, __nf_conntrack_confirm) are not used: the tracepoint sees every one of
+those packet drops with a finer reason, and the kernels that lack the tracepoint's reason
+field are the ones this release does not support. Whether kprobes exist is still logged,
+so an operator knows which source runs.
+
+Collection: one batch read per scrape; the basic series sum over every address and
+protocol; advanced mode adds per-endpoint series named by the resolver. When the map is
+full, new keys count into one overflow key (reason "MAP_OVERFLOW", the overflow endpoint)
+and retinad_map_overflow_packets_total{map="drop_counts"} rises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from retinad.config.schema import DropReasonSettings, MetricsSettings
+from retinad.errors import AttachError, KernelError, PluginError
+from retinad.exporter import naming
+from retinad.kernel.abi import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    FAMILY_OVERFLOW,
+    DropKey,
+    DropValue,
+    decode_addr,
+)
+from retinad.kernel.btf import VMLINUX_BTF, Btf
+from retinad.kernel.compile import compile_program
+from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames, load_names
+from retinad.kernel.maps import BatchReader, possible_cpus
+from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
+from retinad.plugins.base import PluginContext
+
+SOURCE = "bpf/dropreason.c"
+TRACEPOINT = "skb:kfree_skb"
+TRACEPOINT_STRUCT = "trace_event_raw_kfree_skb"
+"""The tracepoint's record as BTF describes it: tells whether ``reason``/``rx_sk`` exist."""
+MAP_NAME = "drop_counts"
+OVERFLOW_REASON = "MAP_OVERFLOW"
+"""Reason label of counts that found the map full (their own reason could not be kept)."""
+MODULE_BTF_DIR = Path("/sys/kernel/btf")
+KPROBE_EVENTS = (
+    Path("/sys/kernel/tracing/kprobe_events"),
+    Path("/sys/kernel/debug/tracing/kprobe_events"),
+)
+
+Family = CounterMetricFamily | GaugeMetricFamily
+"""What MetricSpec.family() returns, by naming."""
+
+SKB_FIELDS: dict[str, int] = {
+    "head": 8,
+    "data": 8,
+    "network_header": 2,
+    "len": 4,
+    "skb_iif": 4,
+    "sk": 8,
+}
+"""struct sk_buff members the program reads, with the size it reads them as."""
+
+
+def kprobes_available(paths: Iterable[Path] = KPROBE_EVENTS) -> bool:
+    """Whether this kernel has kprobes: tracefs shows kprobe_events only with CONFIG_KPROBES."""
+    return any(p.exists() for p in paths)
+
+
+def kernel_defines(btf: Btf, names: DropReasonNames) -> dict[str, int]:
+    """The -D defines bpf/dropreason.c needs from this kernel, all read from BTF.
+
+    Raises KernelError naming what is missing (no reason field before 5.17, a struct
+    sk_buff member gone or resized).
+    """
+    if btf.member(TRACEPOINT_STRUCT, "reason") is None:
+        raise KernelError(
+            f"{btf.source}: struct {TRACEPOINT_STRUCT} has no 'reason' field: tracepoint "
+            f"{TRACEPOINT} reports drop reasons from kernel 5.17 on"
+        )
+    defines: dict[str, int] = {
+        "RETINAD_HAS_RX_SK": int(btf.member(TRACEPOINT_STRUCT, "rx_sk") is not None)
+    }
+    for field, size in SKB_FIELDS.items():
+        m = btf.member("sk_buff", field)
+        if m is None or m.size != size:
+            got = "absent" if m is None else f"{m.size} bytes"
+            raise KernelError(f"{btf.source}: struct sk_buff.{field}: expected {size} bytes, {got}")
+        defines[f"RETINAD_SKB_OFF_{field.upper()}"] = m.offset
+    for name in (NOT_DROPPED_YET, CONSUMED):
+        value = names.value(name)
+        defines[f"RETINAD_REASON_{name}"] = -1 if value is None else value
+    return defines
+
+
+@dataclass
+class _Program:
+    """One compiled, attached program and what reads its map."""
+
+    bpf: Any
+    reader: BatchReader[DropKey, DropValue]
+    capacity: int
+    advanced: bool
+
+
+class DropReasonPlugin:
+    """Counts kernel packet drops by reason and direction (and endpoint, in advanced mode)."""
+
+    def __init__(
+        self,
+        settings: DropReasonSettings,
+        ctx: PluginContext,
+        *,
+        btf_path: Path = VMLINUX_BTF,
+        module_btf_dir: Path = MODULE_BTF_DIR,
+    ) -> None:
+        self._settings = settings
+        self._metrics = ctx.metrics
+        self._ctx = ctx
+        self._btf_path = btf_path
+        self._module_btf_dir = module_btf_dir
+        self._log = ctx.logger
+        self._names: DropReasonNames | None = None
+        self._defines: dict[str, int] = {}
+        self._prog: _Program | None = None
+
+    @property
+    def names(self) -> DropReasonNames:
+        """The running kernel's reason names (after start)."""
+        if self._names is None:
+            raise RuntimeError("dropreason: names are read in start()")
+        return self._names
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            btf = Btf.from_file(self._btf_path)
+            self._names = load_names(btf, self._module_btf_dir)
+            self._defines = kernel_defines(btf, self._names)
+            self._prog = self._build(self._settings, self._metrics)
+        except KernelError as err:
+            raise PluginError(f"dropreason: {err}") from err
+        source = "kprobes present but unused" if kprobes_available() else "no kprobes"
+        self._log.info(
+            "dropreason: source tracepoint %s (%s; rx_sk %s), %d reasons from %s",
+            TRACEPOINT,
+            source,
+            "yes" if self._defines["RETINAD_HAS_RX_SK"] else "no",
+            self._names.reason_count,
+            self._btf_path,
+        )
+
+    def _build(self, settings: DropReasonSettings, metrics: MetricsSettings) -> _Program:
+        """Compile, create the overflow key, then attach: counts never find no overflow key."""
+        from bcc import BPF
+
+        if not BPF.tracepoint_exists("skb", "kfree_skb"):
+            raise AttachError(
+                f"tracepoint {TRACEPOINT} not found under /sys/kernel/tracing/events "
+                "(is tracefs mounted?)",
+                reason="no_tracepoint",
+            )
+        advanced = metrics.mode == "advanced"
+        defines = dict(self._defines)
+        defines["RETINAD_ADVANCED"] = int(advanced)
+        defines["RETINAD_MAX_ENTRIES"] = settings.max_entries
+        bpf = compile_program(self._ctx.bpf_dir, "dropreason.c", defines)
+        try:
+            table = bpf.get_table(MAP_NAME)
+            _insert_overflow_key(table)
+            bpf.attach_tracepoint(tp=TRACEPOINT.encode(), fn_name=b"on_kfree_skb")
+        except Exception as err:
+            bpf.cleanup()
+            raise AttachError(f"tracepoint {TRACEPOINT}: {err}", reason="attach") from err
+        reader = BatchReader(table, DropKey, DropValue, percpu=True)
+        return _Program(bpf, reader, settings.max_entries, advanced)
+
+    def stop(self) -> None:
+        prog, self._prog = self._prog, None
+        if prog is not None:
+            _close(prog)
+
+    def reload(self, settings: Any, metrics: MetricsSettings) -> None:
+        """New naming applies at once; a new capacity or mode needs a new program (its
+        counters start from zero, which Prometheus reads as a counter reset). On failure
+        the running program keeps counting."""
+        assert isinstance(settings, DropReasonSettings)
+        old = self._prog
+        rebuild = old is None or (
+            settings.max_entries != old.capacity or (metrics.mode == "advanced") != old.advanced
+        )
+        if rebuild and self._names is not None:
+            try:
+                new = self._build(settings, metrics)
+            except KernelError as err:
+                self._log.error("dropreason: reload failed, keeping the running program: %s", err)
+                return
+            self._prog = new
+            if old is not None:
+                _close(old)
+        self._settings, self._metrics = settings, metrics
+
+    # --- metrics ---------------------------------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()[0]
+
+    def collect(self) -> Iterable[Metric]:
+        families, (packets, nbytes, ep_packets, ep_bytes, overflow) = self._families()
+        prog = self._prog
+        if prog is None:
+            return []
+        ip_label = self._metrics.ip_label
+        name = self.names.retina_name if self._metrics.naming == "retina" else self.names.name
+        basic: dict[tuple[str, str], list[int]] = {}
+        per_ep: dict[tuple[str, ...], list[int]] = {}
+        seen: dict[bytes, tuple[Endpoint, str]] = {}  # one resolver call per address
+        entries = overflowed = 0
+        for key, value in prog.reader.read():
+            entries += 1
+            if key.family == FAMILY_OVERFLOW:
+                overflowed = value.packets
+                if not value.packets:
+                    continue
+                labels = (OVERFLOW_REASON, Direction.UNKNOWN.label)
+                ep, ip = OVERFLOW_ENDPOINT, ""
+            else:
+                labels = (name(key.reason), _direction(key.direction))
+                ep, ip = self._endpoint(key, seen) if prog.advanced else (UNKNOWN_ENDPOINT, "")
+            _add(basic, labels, value)
+            if prog.advanced:
+                ep_values = naming.endpoint_label_values(ep, ip, ip_label=ip_label)
+                _add(per_ep, (*labels, *ep_values), value)
+        for labels, (p, b) in basic.items():
+            packets.add_metric(list(labels), p)
+            nbytes.add_metric(list(labels), b)
+        for ep_labels, (p, b) in per_ep.items():
+            ep_packets.add_metric(list(ep_labels), p)
+            ep_bytes.add_metric(list(ep_labels), b)
+        overflow.add_metric([MAP_NAME], overflowed)
+        return [*families, *naming.map_gauges([(MAP_NAME, entries, prog.capacity)])]
+
+    def _families(
+        self,
+    ) -> tuple[list[Metric], tuple[Family, Family, Family, Family, CounterMetricFamily]]:
+        n, ip_label = self._metrics.naming, self._metrics.ip_label
+        packets = cast(Family, naming.DROP_PACKETS.family(n, ip_label=ip_label))
+        nbytes = cast(Family, naming.DROP_BYTES.family(n, ip_label=ip_label))
+        ep_packets = cast(Family, naming.ENDPOINT_DROP_PACKETS.family(n, ip_label=ip_label))
+        ep_bytes = cast(Family, naming.ENDPOINT_DROP_BYTES.family(n, ip_label=ip_label))
+        overflow = CounterMetricFamily(
+            naming.MAP_OVERFLOW_PACKETS,
+            "Packets counted into a map's overflow entry because the map was full.",
+            labels=["map"],
+        )
+        families: list[Metric] = [packets, nbytes]
+        if self._metrics.mode == "advanced":
+            families += [ep_packets, ep_bytes]
+        families.append(overflow)
+        return families, (packets, nbytes, ep_packets, ep_bytes, overflow)
+
+    def _endpoint(
+        self, key: DropKey, seen: dict[bytes, tuple[Endpoint, str]]
+    ) -> tuple[Endpoint, str]:
+        """The endpoint owning the key's address (UNKNOWN_ENDPOINT, "" for non-IP drops)."""
+        if key.family not in (FAMILY_IPV4, FAMILY_IPV6):
+            return UNKNOWN_ENDPOINT, ""
+        raw = bytes(key.addr)
+        if raw not in seen:
+            ip = decode_addr(raw, key.family)
+            found = self._ctx.resolver.by_ip(ipaddress.ip_address(ip))
+            seen[raw] = (found or UNKNOWN_ENDPOINT), ip
+        return seen[raw]
+
+    def status(self) -> str:
+        if self._prog is None or self._names is None:
+            return "not started"
+        return f"tracepoint {TRACEPOINT}, {self._names.reason_count} reasons from BTF"
+
+    def healthy(self) -> bool:
+        """No background thread: healthy whenever started (collect reads on demand)."""
+        return True
+
+
+def _add(acc: dict[Any, list[int]], labels: Any, value: DropValue) -> None:
+    slot = acc.setdefault(labels, [0, 0])
+    slot[0] += value.packets
+    slot[1] += value.bytes
+
+
+def _direction(raw: int) -> str:
+    try:
+        return Direction(raw).label
+    except ValueError:
+        return Direction.UNKNOWN.label
+
+
+def _insert_overflow_key(table: Any) -> None:
+    """Create the overflow key (all-zero per-CPU values) before the program can run."""
+    from bcc.libbcc import lib
+
+    key = DropKey(family=FAMILY_OVERFLOW)
+    values = (DropValue * possible_cpus())()
+    fd = table.get_fd() if hasattr(table, "get_fd") else table.map_fd
+    if lib.bpf_update_elem(fd, ctypes.byref(key), ctypes.byref(values), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{MAP_NAME}: cannot insert the overflow key")
+
+
+def _close(prog: _Program) -> None:
+    with contextlib.suppress(Exception):  # already detached: stop() is idempotent
+        prog.bpf.detach_tracepoint(TRACEPOINT.encode())
+    prog.bpf.cleanup()
+
+
+def create(settings: DropReasonSettings, ctx: PluginContext) -> DropReasonPlugin:
+    """The registry's entry point (retinad.plugins.registry)."""
+    return DropReasonPlugin(settings, ctx)
