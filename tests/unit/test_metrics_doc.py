@@ -1,0 +1,29 @@
+"""docs/METRICS.md names every metric naming.py defines, in both namings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retinad.exporter import naming
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "METRICS.md").read_text()
+
+
+def test_every_spec_is_documented_in_both_namings() -> None:
+    for spec in naming.ALL_SPECS:
+        assert f"`{spec.prometheus}_total`" in DOC, spec.prometheus
+        assert f"`{spec.retina}`" in DOC, spec.retina
+
+
+def test_every_self_metric_is_documented() -> None:
+    for name in (
+        naming.BUILD_INFO,
+        naming.SCRAPE_SUCCESS,
+        naming.SCRAPE_DURATION,
+        naming.MAP_ENTRIES,
+        naming.MAP_CAPACITY,
+        naming.MAP_OVERFLOW_PACKETS + "_total",
+        naming.ATTACH_ERRORS + "_total",
+        naming.ATTACHED_INTERFACES,
+    ):
+        assert f"`{name}`" in DOC, name
