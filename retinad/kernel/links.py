@@ -156,7 +156,7 @@ class LinkWatcher:
         assert self._sock is not None
         try:
             while True:
-                ready, _, _ = select.select([self._sock, self._stop_r], [], [])
+                ready, _, _ = select.select([self._sock.fileno(), self._stop_r], [], [])
                 if self._stop_r in ready:
                     return
                 try:

@@ -1,0 +1,172 @@
+"""packetparser_metrics on literal map records: labels, sums, namings, overflow, dedupe."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+
+from retinad.config.schema import MetricsSettings
+from retinad.kernel import abi
+from retinad.model import Endpoint
+from retinad.plugins.packetparser_metrics import (
+    Reading,
+    basic_families,
+    endpoint_families,
+    overflow_packets,
+    remote_families,
+)
+from retinad.resolvers.base import IPAddress
+
+WEB = Endpoint(namespace="shop", name="web-1", workload_kind="container", workload_name="web")
+HOST = Endpoint(namespace="", name="node", workload_kind="host", workload_name="node")
+
+
+class Tables:
+    """A resolver over fixed tables."""
+
+    name = "tables"
+
+    def __init__(self, ips: dict[str, Endpoint], ifindexes: dict[int, Endpoint]) -> None:
+        self.ips = {ipaddress.ip_address(k): v for k, v in ips.items()}
+        self.ifindexes = ifindexes
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def by_ip(self, ip: IPAddress) -> Endpoint | None:
+        return self.ips.get(ip)
+
+    def by_ifindex(self, ifindex: int) -> Endpoint | None:
+        return self.ifindexes.get(ifindex)
+
+
+def tv(packets: int, nbytes: int, **flags: int) -> abi.TrafficValue:
+    v = abi.TrafficValue(packets=packets, bytes=nbytes)
+    for name, n in flags.items():
+        v.tcp_flags[abi.TCP_FLAG_NAMES.index(name)] = n
+    return v
+
+
+def addr16(ip: str) -> bytes:
+    a = ipaddress.ip_address(ip)
+    return (b"\0" * 10 + b"\xff\xff" + a.packed) if a.version == 4 else a.packed
+
+
+def ek(ip: str, ifindex: int, direction: int) -> abi.EndpointKey:
+    fam = abi.FAMILY_IPV4 if "." in ip else abi.FAMILY_IPV6
+    k = abi.EndpointKey(ifindex=ifindex, direction=direction, family=fam)
+    ctypes.memmove(k.addr, addr16(ip), 16)
+    return k
+
+
+def overflow_ek(direction: int) -> abi.EndpointKey:
+    return abi.EndpointKey(direction=direction, family=abi.FAMILY_OVERFLOW)
+
+
+def flat(fams: list) -> dict:  # type: ignore[type-arg]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams for s in f.samples}
+
+
+def labels(direction: str, ep: Endpoint, **extra: str) -> tuple[tuple[str, str], ...]:
+    d = {"direction": direction, "namespace": ep.namespace, "name": ep.name,
+         "workload_kind": ep.workload_kind, "workload_name": ep.workload_name, **extra}  # fmt: skip
+    return tuple(sorted(d.items()))
+
+
+def test_basic_sums_interfaces_by_direction_and_always_has_both() -> None:
+    r = Reading(iface=[
+        (abi.IfaceKey(ifindex=2, direction=1), tv(3, 300, SYN=1)),
+        (abi.IfaceKey(ifindex=3, direction=1), tv(4, 400, SYN=2, ACK=4)),
+        (abi.IfaceKey(ifindex=0, direction=1), tv(1, 100)),  # overflow key: still counted
+    ])  # fmt: skip
+    s = flat(basic_families(r, MetricsSettings()))
+    assert s[("retinad_forward_packets_total", (("direction", "ingress"),))] == 8
+    assert s[("retinad_forward_bytes_total", (("direction", "ingress"),))] == 800
+    assert s[("retinad_forward_packets_total", (("direction", "egress"),))] == 0
+    flag = (("direction", "ingress"), ("flag", "SYN"))
+    assert s[("retinad_tcp_flags_total", flag)] == 3
+    assert len([k for k in s if k[0] == "retinad_tcp_flags_total"]) == 16
+
+
+def test_basic_in_retina_naming() -> None:
+    r = Reading(iface=[(abi.IfaceKey(ifindex=2, direction=2), tv(5, 500, ACK=5))])
+    s = flat(basic_families(r, MetricsSettings(naming="retina")))
+    assert s[("networkobservability_forward_count", (("direction", "egress"),))] == 5
+    assert s[("networkobservability_forward_bytes", (("direction", "egress"),))] == 500
+    key = ("networkobservability_tcp_flag_gauges", (("direction", "egress"), ("flag", "ACK")))
+    assert s[key] == 5
+
+
+def test_endpoints_by_ifindex_on_container_veths_then_by_ip_then_unknown() -> None:
+    res = Tables({"192.0.2.1": HOST}, {7: WEB})
+    r = Reading(
+        iface=[],
+        endpoint=[
+            (ek("10.0.0.5", 7, 2), tv(10, 1000, SYN=1)),  # container veth: by_ifindex
+            (ek("fd00::5", 7, 2), tv(2, 200)),  # same container, IPv6: summed
+            (ek("192.0.2.1", 2, 1), tv(3, 300)),  # host interface: by_ip
+            (ek("198.51.100.9", 2, 1), tv(4, 400)),  # nobody knows it
+            (overflow_ek(1), tv(6, 600)),
+            (overflow_ek(2), tv(0, 0)),
+        ],
+        container_ifindexes=frozenset({7}),
+    )
+    s = flat(endpoint_families(r, res, MetricsSettings()))
+    p = "retinad_endpoint_forward_packets_total"
+    assert s[(p, labels("egress", WEB))] == 12
+    assert s[("retinad_endpoint_forward_bytes_total", labels("egress", WEB))] == 1200
+    assert s[(p, labels("ingress", HOST))] == 3
+    unknown = Endpoint("", "unknown", "unknown", "unknown")
+    assert s[(p, labels("ingress", unknown))] == 4
+    over = Endpoint("", "overflow", "overflow", "overflow")
+    assert s[(p, labels("ingress", over))] == 6
+    flag_key = ("retinad_endpoint_tcp_flags_total", (("flag", "SYN"), *labels("egress", WEB)))
+    assert s[(flag_key[0], tuple(sorted(flag_key[1])))] == 1
+    # Flag series exist only for flags seen.
+    assert not [k for k in s if k[0] == "retinad_endpoint_tcp_flags_total" and "ACK" in str(k)]
+
+
+def test_ip_label_and_retina_label_names() -> None:
+    res = Tables({}, {7: WEB})
+    r = Reading(iface=[], endpoint=[(ek("10.0.0.5", 7, 1), tv(1, 90))],
+                container_ifindexes=frozenset({7}))  # fmt: skip
+    s = flat(endpoint_families(r, res, MetricsSettings(naming="retina", ip_label=True)))
+    want = {"direction": "ingress", "ip": "10.0.0.5", "namespace": "shop", "podname": "web-1",
+            "workload_kind": "container", "workload_name": "web"}  # fmt: skip
+    assert s[("networkobservability_adv_forward_count", tuple(sorted(want.items())))] == 1
+    assert s[("networkobservability_adv_forward_bytes", tuple(sorted(want.items())))] == 90
+
+
+def test_routed_container_traffic_counts_once() -> None:
+    """The same packets on the container veth (7) and on the host interface (2)."""
+    res = Tables({}, {7: WEB})
+    r = Reading(
+        iface=[],
+        endpoint=[(ek("10.0.0.5", 7, 2), tv(9, 900)), (ek("10.0.0.5", 2, 2), tv(9, 900))],
+        container_ifindexes=frozenset({7}),
+    )
+    s = flat(endpoint_families(r, res, MetricsSettings()))
+    assert s == {
+        ("retinad_endpoint_forward_packets_total", labels("egress", WEB)): 9,
+        ("retinad_endpoint_forward_bytes_total", labels("egress", WEB)): 900,
+    }
+
+
+def test_remote_context_and_overflow_counter() -> None:
+    res = Tables({"192.0.2.1": HOST}, {7: WEB})
+    rk = abi.RemoteKey(ifindex=7, direction=2, family=abi.FAMILY_IPV4)
+    ctypes.memmove(rk.local, addr16("10.0.0.5"), 16)
+    ctypes.memmove(rk.remote, addr16("192.0.2.1"), 16)
+    over = abi.RemoteKey(direction=2, family=abi.FAMILY_OVERFLOW)
+    r = Reading(iface=[], remote=[(rk, tv(4, 40)), (over, tv(2, 20))],
+                container_ifindexes=frozenset({7}))  # fmt: skip
+    s = flat(remote_families(r, res, MetricsSettings()))
+    want = dict(labels("egress", WEB))
+    want.update({"remote_namespace": "", "remote_name": "node", "remote_workload_kind": "host",
+                 "remote_workload_name": "node"})  # fmt: skip
+    assert s[("retinad_endpoint_remote_forward_packets_total", tuple(sorted(want.items())))] == 4
+    fam = overflow_packets([("packetparser_remote", r.remote)])
+    assert [(x.labels, x.value) for x in fam.samples if x.name.endswith("_total")] == [
+        ({"map": "packetparser_remote"}, 2)
+    ]
