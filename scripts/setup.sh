@@ -27,7 +27,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
-apt_pkgs=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 iproute2 iptables nftables
+apt_pkgs=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 iproute2 iptables nftables procps
           ethtool openssl make)
 [ "$dev" = 1 ] && apt_pkgs+=(prometheus bpftool)
 missing=()

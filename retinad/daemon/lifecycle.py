@@ -138,7 +138,10 @@ class Daemon:
         if not parts:
             parts.append("no plugins enabled")
         if self._web is not None:
-            addrs = ", ".join(f"{h or '*'}:{p}" for h, p in self._web.bound_addresses)
+            addrs = ", ".join(
+                f"[{h}]:{p}" if ":" in h else f"{h or '*'}:{p}"
+                for h, p in self._web.bound_addresses
+            )
             parts.append(f"serving on {addrs}")
         return "; ".join(parts)
 
