@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 
@@ -41,22 +42,22 @@ def test_check_needs_less_when_plugins_are_off(capsys: pytest.CaptureFixture[str
     assert t["bcc"][1] == "no" and t["kfree_skb_reason"][1] == "no"
 
 
-def test_check_fails_when_kernel_headers_are_missing(tmp_path: Path) -> None:
-    """A host without kernel headers, made for real in a private mount namespace (an empty
-    tmpfs over /lib/modules), so the host itself is untouched."""
-    import subprocess
-    import sys
-
-    script = (
-        "mount -t tmpfs none /lib/modules && "
-        f"{sys.executable} -m retinad check --no-collector.dropreason"
+def check_without_headers(*flags: str) -> subprocess.CompletedProcess[str]:
+    """``retinad check`` on a host without kernel headers, made for real in a private mount
+    namespace (an empty tmpfs over /lib/modules), so the host itself is untouched."""
+    script = f"mount -t tmpfs none /lib/modules && {sys.executable} -m retinad check " + " ".join(
+        flags
     )
-    p = subprocess.run(
+    return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_check_fails_when_kernel_headers_are_missing() -> None:
+    p = check_without_headers("--no-collector.dropreason")
     assert p.returncode == 1, p.stdout + p.stderr
     t = rows(p.stdout)
     assert t["kernel_headers"][:2] == ("MISSING", "yes")
@@ -66,19 +67,7 @@ def test_check_fails_when_kernel_headers_are_missing(tmp_path: Path) -> None:
     )
 
 
-def test_headers_not_needed_without_bpf_plugins(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    script = (
-        "mount -t tmpfs none /lib/modules && "
-        f"{sys.executable} -m retinad check --no-collector.dropreason --no-collector.packetparser"
-    )
-    p = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_headers_not_needed_without_bpf_plugins() -> None:
+    p = check_without_headers("--no-collector.dropreason", "--no-collector.packetparser")
     assert p.returncode == 0, p.stdout + p.stderr
     assert rows(p.stdout)["kernel_headers"][:2] == ("absent", "no")
