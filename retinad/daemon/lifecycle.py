@@ -147,7 +147,9 @@ class Daemon:
 
     def healthy(self) -> bool:
         web_ok = self._web is not None and self._web.healthy()
-        return web_ok and all(p.healthy() for p in self._plugins.values())
+        resolvers = self._resolver.resolvers if self._resolver is not None else []
+        resolvers_ok = all(getattr(r, "alive", True) for r in resolvers)
+        return web_ok and resolvers_ok and all(p.healthy() for p in self._plugins.values())
 
     # --- run ---------------------------------------------------------------------------
 
