@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -110,12 +109,10 @@ def apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
     return out
 
 
-def load_settings(args: argparse.Namespace, log: logging.Logger | None) -> Settings:
+def load_settings(args: argparse.Namespace) -> Settings:
     """The file (or embedded defaults when the default path is absent) plus flags."""
     path = args.config_file
     if path is None and not Path(DEFAULT_CONFIG_PATH).exists():
-        if log is not None:
-            log.info("%s not found; using the embedded default config", DEFAULT_CONFIG_PATH)
         base = load_default_config()
     else:
         base = load_config(path or DEFAULT_CONFIG_PATH)
@@ -179,9 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return cmd_check_config(args)
         if args.command == "check":
-            return cmd_check(load_settings(args, None))
+            return cmd_check(load_settings(args))
         # Parse the config before logging is configured, so its own level/format apply.
-        settings = load_settings(args, None)
+        settings = load_settings(args)
         log = setup_logging(settings.log.level, settings.log.format)
         if args.config_file is None and not Path(DEFAULT_CONFIG_PATH).exists():
             log.info("%s not found; using the embedded default config", DEFAULT_CONFIG_PATH)
@@ -191,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from retinad.daemon.lifecycle import Daemon
 
-    daemon = Daemon(settings, loader=lambda: load_settings(args, None), logger=log)
+    daemon = Daemon(settings, loader=lambda: load_settings(args), logger=log)
     daemon.install_signal_handlers()
     log.info("starting retinad %s (pid %d)", __version__, os.getpid())
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -276,7 +275,3 @@ def run_probes() -> list[Probe]:
     )
     add(Probe("kube_config", "info", kube or "none (not in a pod, KUBECONFIG unset)"))
     return probes
-
-
-NEEDED_BY: dict[str, Callable[[object], bool]] = {}
-"""Filled by the CLI: which probes the given config requires (see cli.check)."""

@@ -96,7 +96,3 @@ class BatchReader(Generic[K, V]):
                 for w in range(self.words):
                     summed[w] += vals[off + w]
             yield key, self.value_type.from_buffer_copy((ctypes.c_uint64 * self.words)(*summed))
-
-    def count(self) -> int:
-        """Number of entries (a read without decoding values would cost the same syscalls)."""
-        return sum(1 for _ in self.read())

@@ -167,7 +167,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             "--no-collector.dropreason",
         ]
     )
-    s = load_settings(args, None)
+    s = load_settings(args)
     assert s.web.listen_address == ["127.0.0.1:9", "[::1]:9"]
     assert s.log.level == "debug"
     assert s.dropreason.enabled is False
