@@ -29,7 +29,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
 apt_pkgs=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 iproute2 iptables nftables procps
           ethtool openssl make)
-[ "$dev" = 1 ] && apt_pkgs+=(prometheus bpftool)
+[ "$dev" = 1 ] && apt_pkgs+=(prometheus bpftool docker.io busybox-static etcd-server)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import ipaddress
 import tomllib
 import types
 import typing
@@ -27,7 +28,7 @@ from retinad.config.schema import Settings
 from retinad.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/retinad/retinad.toml"
-KNOWN_RESOLVERS = ("host",)
+KNOWN_RESOLVERS = ("host", "docker", "containerd", "kubernetes", "static")
 """Resolver names [resolvers].order accepts in this release."""
 
 T = TypeVar("T")
@@ -66,12 +67,17 @@ def parse_config(text: str, *, source: str) -> Settings:
 
 
 def _where(path: tuple[str, ...]) -> str:
-    """Render a key path the way it is written in TOML: ``[table.sub].key``."""
+    """Render a key path the way it is written in TOML: ``[table.sub].key``; an element
+    of an array of tables reads ``[table.array][1].key`` (0-based)."""
     if not path:
         return "top level"
     *tables, key = path
     if key.startswith("["):  # a list index such as [1]
         return _where(tuple(tables)) + key
+    for i in range(len(tables) - 1, -1, -1):
+        if tables[i].startswith("["):
+            rest = ".".join([*tables[i + 1 :], key])
+            return f"[{'.'.join(tables[:i])}]{tables[i]}.{rest}"
     return f"[{'.'.join(tables)}].{key}" if tables else f"[{key}]"
 
 
@@ -111,6 +117,8 @@ def _build(cls: type[T], data: Any, *, source: str, path: tuple[str, ...]) -> T:
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], f, source=source, path=(*path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{source}: {_where((*path, name))}: required key is missing")
     return cls(**kwargs)
 
 
@@ -136,6 +144,16 @@ def _convert(
             _convert(item_tp, v, None, source=source, path=(*path, f"[{i}]"))
             for i, v in enumerate(value)
         ]
+    if origin is dict:
+        key_tp, item_tp = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {_type_name(value)}")
+        return {
+            _convert(key_tp, k, None, source=source, path=(*path, k)): _convert(
+                item_tp, v, None, source=source, path=(*path, k)
+            )
+            for k, v in value.items()
+        }
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported union type at {where}")
     if tp is bool:
@@ -234,6 +252,23 @@ def _check_cross_field(s: Settings, source: str) -> None:
                 raise ConfigError(f"{source}: [resolvers].order[{i}]: {_show(name)} listed twice")
             seen.add(name)
 
-    checks += [web, interfaces, events, resolvers]
+    def static_endpoints() -> None:
+        seen: dict[str, int] = {}
+        for i, ep in enumerate(s.resolvers.static.endpoints):
+            where = f"{source}: [resolvers.static.endpoints][{i}]"
+            try:
+                net = ipaddress.ip_network(ep.cidr, strict=True)
+            except ValueError as err:
+                raise ConfigError(f"{where}.cidr: {err}, got {_show(ep.cidr)}") from None
+            if str(net) in seen:
+                raise ConfigError(
+                    f"{where}.cidr: {net} is already given by "
+                    f"[resolvers.static.endpoints][{seen[str(net)]}]"
+                )
+            seen[str(net)] = i
+            if not ep.name:
+                raise ConfigError(f"{where}.name: expected a non-empty name")
+
+    checks += [web, interfaces, events, resolvers, static_endpoints]
     for check in checks:
         check()

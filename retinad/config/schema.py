@@ -114,14 +114,77 @@ class DropReasonSettings:
 
 
 @dataclass(frozen=True)
+class DockerResolverSettings:
+    """``[resolvers.docker]``: containers of a Docker engine."""
+
+    host: str = "unix:///var/run/docker.sock"
+    """The Docker API, as DOCKER_HOST spells it: unix:///path or tcp://host:port."""
+
+
+@dataclass(frozen=True)
+class ContainerdResolverSettings:
+    """``[resolvers.containerd]``: containers and tasks of a containerd."""
+
+    address: str = "/run/containerd/containerd.sock"
+    """containerd's gRPC socket."""
+    namespaces: list[str] = field(default_factory=lambda: ["k8s.io", "default"])
+    """containerd namespaces to follow (k8s.io is where the CRI puts pods)."""
+
+
+@dataclass(frozen=True)
+class KubernetesResolverSettings:
+    """``[resolvers.kubernetes]``: pods (and services) of a Kubernetes cluster."""
+
+    kubeconfig: str = ""
+    """Path of a kubeconfig file; "" uses the in-cluster service account."""
+    node_name: str = ""
+    """This node's name as Kubernetes knows it; "" means the host name."""
+    scope: Literal["auto", "node", "cluster"] = "auto"
+    """node: pods on this node only. cluster: every pod and service, so the far end of
+    a flow is named too. auto: cluster when [packetparser].remote_context, else node."""
+
+
+@dataclass(frozen=True)
+class StaticEndpoint:
+    """One ``[[resolvers.static.endpoints]]`` entry: a CIDR and the endpoint it names."""
+
+    cidr: str
+    """IPv4 or IPv6 network ("10.0.3.0/24", "fd00::/64") or one address."""
+    name: str
+    """The endpoint's name (VM, service, host)."""
+    namespace: str = ""
+    workload_kind: str = "static"
+    workload_name: str = ""
+    """"" means the same as name."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Extra labels kept with the endpoint (not exported as label names)."""
+
+
+@dataclass(frozen=True)
+class StaticResolverSettings:
+    """``[resolvers.static]``: endpoints written in the config; longest prefix wins."""
+
+    endpoints: list[StaticEndpoint] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ResolverSettings:
     """``[resolvers]``: how IPs and interfaces are named in advanced mode."""
 
     order: list[str] = field(default_factory=lambda: ["host"])
     """Resolvers asked in turn; the first answer wins. "host" names endpoints from what
-    the host itself knows (interface, network namespace)."""
+    the host itself knows (interface, network namespace); the others are "docker",
+    "containerd", "kubernetes" and "static"."""
     grace_period_seconds: int = _bounded(300, 0, 86400)
-    """How long a vanished endpoint's series stay before they are removed."""
+    """How long a vanished endpoint's series keep their last values before they are
+    removed (and its kernel map keys freed)."""
+    max_endpoint_series: int = _bounded(10000, 16, 1_000_000)
+    """Cap on endpoint label sets per metric; beyond it counts go to an "overflow"
+    endpoint series and retinad_series_dropped_total counts the refused label sets."""
+    docker: DockerResolverSettings = field(default_factory=DockerResolverSettings)
+    containerd: ContainerdResolverSettings = field(default_factory=ContainerdResolverSettings)
+    kubernetes: KubernetesResolverSettings = field(default_factory=KubernetesResolverSettings)
+    static: StaticResolverSettings = field(default_factory=StaticResolverSettings)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ class Daemon:
             )
             self._web.start()
             n.status("starting resolvers")
-            self._resolver = build_chain(self.settings.resolvers, self._log.getChild("resolver"))
+            self._resolver = build_chain(self.settings, self._log.getChild("resolver"))
             self._resolver.start()
             for spec in PLUGINS:
                 if spec.enabled(self.settings):

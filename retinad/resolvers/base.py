@@ -8,39 +8,81 @@ scrape costs the same whatever the resolvers are.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from retinad.config.schema import Settings
 from retinad.model import Endpoint
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def normalize_ip(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address is the IPv4 address (dual-stack sockets report those)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass(frozen=True)
+class ResolverContext:
+    """What a resolver gets: the whole config (kubernetes' scope reads [packetparser]),
+    its logger, and the callback to call whenever its index changes."""
+
+    settings: Settings
+    logger: logging.Logger
+    on_change: Callable[[], None]
+
+
 class Resolver(Protocol):
-    """Maps an IP or a host-side veth ifindex to the endpoint behind it."""
+    """Maps an IP or a host-side veth ifindex to the endpoint behind it.
+
+    Implementations live in ``retinad/resolvers/<name>.py`` and export
+    ``create(settings: Settings, logger: logging.Logger) -> Resolver``.
+    """
 
     name: str
 
     def start(self) -> None:
-        """Build the initial index and start following events."""
+        """Start following the source. Must not fail because the source is absent: a
+        resolver whose API is down keeps serving (``up`` False) and retries with backoff."""
 
     def stop(self) -> None:
         """Stop following events; safe to call twice."""
 
     def by_ip(self, ip: IPAddress) -> Endpoint | None:
-        """The endpoint that owns ``ip`` on this host, or None."""
+        """The endpoint that owns ``ip``, or None."""
 
     def by_ifindex(self, ifindex: int) -> Endpoint | None:
         """The endpoint behind the host-side interface ``ifindex``, or None."""
 
+    @property
+    def up(self) -> bool:
+        """Connected to its source with the index in sync (``retinad_resolver_up``)."""
+
+    @property
+    def alive(self) -> bool:
+        """Its background thread runs (False stops the systemd watchdog pings)."""
+
+    def size(self) -> int:
+        """How many endpoints the index holds (``retinad_resolver_endpoints``)."""
+
 
 class ResolverChain:
-    """Asks each resolver in turn; the first answer wins."""
+    """Asks each resolver in turn; the first answer wins.
+
+    ``changed`` is set whenever any resolver's index changes, so the series tracker can
+    re-attribute kernel map keys promptly instead of at the next scrape.
+    """
 
     name = "chain"
 
     def __init__(self, resolvers: Sequence[Resolver]) -> None:
         self.resolvers = list(resolvers)
+        self.changed = threading.Event()
 
     def start(self) -> None:
         for r in self.resolvers:
@@ -51,6 +93,7 @@ class ResolverChain:
             r.stop()
 
     def by_ip(self, ip: IPAddress) -> Endpoint | None:
+        ip = normalize_ip(ip)
         for r in self.resolvers:
             ep = r.by_ip(ip)
             if ep is not None:
@@ -63,3 +106,14 @@ class ResolverChain:
             if ep is not None:
                 return ep
         return None
+
+    @property
+    def up(self) -> bool:
+        return all(r.up for r in self.resolvers)
+
+    @property
+    def alive(self) -> bool:
+        return all(r.alive for r in self.resolvers)
+
+    def size(self) -> int:
+        return sum(r.size() for r in self.resolvers)

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -26,7 +27,7 @@ from pyroute2 import IPRoute
 from retinad.kernel.interfaces import LinkInfo
 from retinad.kernel.links import AddrEvent, LinkWatcher
 from retinad.model import Endpoint
-from retinad.resolvers.base import IPAddress
+from retinad.resolvers.base import IPAddress, ResolverContext
 
 DEFAULT_NETNS_DIR = Path("/run/netns")
 """Where ``ip netns add`` puts its named namespaces."""
@@ -71,7 +72,9 @@ class HostResolver:
         logger: logging.Logger | None = None,
         hostname: str | None = None,
         netns_dir: Path = DEFAULT_NETNS_DIR,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        self._on_change = on_change or (lambda: None)
         self._log = logger or logging.getLogger("retinad.resolvers.host")
         self.hostname = hostname or socket.gethostname()
         self._host = Endpoint(
@@ -103,6 +106,15 @@ class HostResolver:
     def alive(self) -> bool:
         return self._watcher is not None and self._watcher.alive
 
+    @property
+    def up(self) -> bool:
+        """Netlink is the source: in sync whenever the watcher thread runs."""
+        return self.alive
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._veths) + (1 if self._addrs else 0)
+
     def by_ip(self, ip: IPAddress) -> Endpoint | None:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
@@ -132,12 +144,14 @@ class HostResolver:
         ep = Endpoint(namespace="", name=name, workload_kind="interface", workload_name=link.name)
         with self._lock:
             self._veths[link.ifindex] = ep
+        self._on_change()
 
     def _on_link_removed(self, link: LinkInfo) -> None:
         with self._lock:
             self._veths.pop(link.ifindex, None)
             for ip in [ip for ip, idx in self._addrs.items() if link.ifindex in idx]:
                 self._forget(ip, link.ifindex)
+        self._on_change()
 
     def _on_addr(self, ev: AddrEvent) -> None:
         with self._lock:
@@ -145,6 +159,7 @@ class HostResolver:
                 self._addrs.setdefault(ev.address, set()).add(ev.ifindex)
             else:
                 self._forget(ev.address, ev.ifindex)
+        self._on_change()
 
     def _forget(self, ip: IPAddress, ifindex: int) -> None:
         idx = self._addrs.get(ip)
@@ -152,3 +167,7 @@ class HostResolver:
             idx.discard(ifindex)
             if not idx:
                 del self._addrs[ip]
+
+
+def create(ctx: ResolverContext) -> HostResolver:
+    return HostResolver(logger=ctx.logger, on_change=ctx.on_change)

@@ -1,30 +1,31 @@
-"""The explicit table of resolvers: [resolvers].order name -> how to build it.
+"""The explicit table of resolvers: [resolvers].order name -> the module that builds it.
 
-Modules are imported only when listed, so an SDK that is absent (docker, kubernetes) costs
+Each module exports ``create(ctx: ResolverContext) -> Resolver``. Modules are imported only
+when listed, so an SDK that is absent or slow to import (docker, kubernetes, grpc) costs
 nothing unless configured.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
 
-from retinad.config.schema import ResolverSettings
-from retinad.resolvers.base import Resolver, ResolverChain
+from retinad.config.schema import Settings
+from retinad.resolvers.base import ResolverChain, ResolverContext
 
-
-def _host(settings: ResolverSettings, logger: logging.Logger) -> Resolver:
-    from retinad.resolvers.host import HostResolver
-
-    return HostResolver(logger=logger)
-
-
-RESOLVER_FACTORIES: dict[str, Callable[[ResolverSettings, logging.Logger], Resolver]] = {
-    "host": _host,
+RESOLVER_MODULES: dict[str, str] = {
+    "host": "retinad.resolvers.host",
+    "docker": "retinad.resolvers.docker",
+    "containerd": "retinad.resolvers.containerd",
+    "kubernetes": "retinad.resolvers.kubernetes",
+    "static": "retinad.resolvers.static",
 }
 
 
-def build_chain(settings: ResolverSettings, logger: logging.Logger) -> ResolverChain:
-    return ResolverChain(
-        [RESOLVER_FACTORIES[name](settings, logger.getChild(name)) for name in settings.order]
-    )
+def build_chain(settings: Settings, logger: logging.Logger) -> ResolverChain:
+    chain = ResolverChain([])
+    for name in settings.resolvers.order:
+        module = importlib.import_module(RESOLVER_MODULES[name])
+        ctx = ResolverContext(settings, logger.getChild(name), chain.changed.set)
+        chain.resolvers.append(module.create(ctx))
+    return chain
