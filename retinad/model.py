@@ -41,6 +41,32 @@ class Endpoint:
     workload_name: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
+    def __post_init__(self) -> None:
+        for name in ("namespace", "name", "workload_kind", "workload_name"):
+            object.__setattr__(self, name, safe_label_value(getattr(self, name)))
+
+
+MAX_LABEL_VALUE = 512
+"""Longer values are cut (with a trailing "…"): Kubernetes names stop at 253 characters,
+and an unbounded Docker label must not make every scrape megabytes long."""
+
+
+def safe_label_value(text: str) -> str:
+    """Make untrusted text exportable as a Prometheus label value, meaning unchanged.
+
+    The exposition format escapes backslash, double quote and newline itself, and any
+    other UTF-8 is legal. What would break a scrape is text that is not UTF-8 at all:
+    lone surrogates (from names decoded with surrogateescape) fail the encoder, and NUL
+    ends C strings in some parsers. Those become U+FFFD; everything else passes through.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    clean = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    clean = clean.replace("\x00", "\ufffd")
+    if len(clean) > MAX_LABEL_VALUE:
+        clean = clean[: MAX_LABEL_VALUE - 1] + "\u2026"
+    return clean
+
 
 UNKNOWN_ENDPOINT = Endpoint(
     namespace="", name="unknown", workload_kind="unknown", workload_name="unknown"

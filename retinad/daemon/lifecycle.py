@@ -29,7 +29,7 @@ from types import FrameType
 from retinad.config.schema import Settings
 from retinad.daemon.systemd import Notifier
 from retinad.errors import ConfigError, RetinadError
-from retinad.exporter.collector import ExporterRegistry
+from retinad.exporter.collector import Collector, ExporterRegistry
 from retinad.exporter.web import WebServer
 from retinad.kernel.compile import find_bpf_dir
 from retinad.kernel.features import bcc_version
@@ -37,6 +37,7 @@ from retinad.logs import setup_logging
 from retinad.plugins.base import Plugin, PluginContext
 from retinad.plugins.registry import PLUGINS, PluginSpec
 from retinad.resolvers.base import ResolverChain
+from retinad.resolvers.metrics import ResolverMetrics
 from retinad.resolvers.registry import build_chain
 
 SettingsLoader = Callable[[], Settings]
@@ -113,8 +114,15 @@ class Daemon:
         except BaseException:
             self.shutdown()
             raise
-        self.registry.set_collectors(self._plugins)
+        self.registry.set_collectors(self._collectors())
         self._log.info("ready: %s", self.status())
+
+    def _collectors(self) -> dict[str, Collector]:
+        """Plugins plus the resolvers' own health (selectable as collect[]=resolver)."""
+        out: dict[str, Collector] = dict(self._plugins)
+        if self._resolver is not None:
+            out["resolver"] = ResolverMetrics(self._resolver)
+        return out
 
     def _start_plugin(self, spec: PluginSpec) -> None:
         assert self._resolver is not None
@@ -123,6 +131,7 @@ class Daemon:
             resolver=self._resolver,
             bpf_dir=self._bpf_dir,
             logger=self._log.getChild(spec.name),
+            series=self.settings.resolvers,
         )
         plugin = spec.factory()(spec.section(self.settings), ctx)
         try:
@@ -205,7 +214,7 @@ class Daemon:
         for spec in PLUGINS:
             self._reload_plugin(spec, old, new)
         self.settings = new
-        self.registry.set_collectors(self._plugins)
+        self.registry.set_collectors(self._collectors())
         self._log.info("reloaded: %s", self.status())
 
     def _reload_web(self, new: Settings) -> None:

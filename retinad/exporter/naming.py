@@ -13,7 +13,7 @@ both namings: they describe retinad, not the network.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -204,6 +204,9 @@ MAP_CAPACITY = "retinad_map_capacity"
 MAP_OVERFLOW_PACKETS = "retinad_map_overflow_packets"
 ATTACH_ERRORS = "retinad_attach_errors"
 ATTACHED_INTERFACES = "retinad_attached_interfaces"
+SERIES_DROPPED = "retinad_series_dropped"
+RESOLVER_UP = "retinad_resolver_up"
+RESOLVER_ENDPOINTS = "retinad_resolver_endpoints"
 
 
 def map_gauges(maps: Sequence[tuple[str, int, int]]) -> list[Metric]:
@@ -216,3 +219,16 @@ def map_gauges(maps: Sequence[tuple[str, int, int]]) -> list[Metric]:
         entries.add_metric([name], n)
         capacity.add_metric([name], cap)
     return [entries, capacity]
+
+
+def series_dropped(maps: Iterable[tuple[str, int]]) -> Metric:
+    """retinad_series_dropped_total{map}: endpoint label sets refused by the series cap."""
+    fam = CounterMetricFamily(
+        SERIES_DROPPED,
+        "Endpoint label sets counted under the overflow endpoint because "
+        "[resolvers].max_endpoint_series was reached.",
+        labels=["map"],
+    )
+    for name, n in maps:
+        fam.add_metric([name], n)
+    return fam

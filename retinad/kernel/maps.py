@@ -96,3 +96,30 @@ class BatchReader(Generic[K, V]):
                 for w in range(self.words):
                     summed[w] += vals[off + w]
             yield key, self.value_type.from_buffer_copy((ctypes.c_uint64 * self.words)(*summed))
+
+    def take(self, key: K) -> V | None:
+        """Atomically read and delete one key (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps
+        since 5.14), summing per-CPU values; None if the key is not in the map.
+
+        Atomic matters: a packet counted between a separate read and delete would be lost.
+        """
+        from bcc.libbcc import lib
+
+        fd = self.table.get_fd() if hasattr(self.table, "get_fd") else self.table.map_fd
+        buf = (ctypes.c_uint64 * (self.ncpus * self.words))()
+        kbuf = self.key_type.from_buffer_copy(bytes(key))
+        res = lib.bpf_lookup_and_delete(
+            ctypes.c_int(fd),
+            ctypes.c_void_p(ctypes.addressof(kbuf)),
+            ctypes.c_void_p(ctypes.addressof(buf)),
+        )
+        if res != 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return None
+            raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_ELEM failed: {os.strerror(err)}")
+        summed = [0] * self.words
+        for cpu in range(self.ncpus):
+            for w in range(self.words):
+                summed[w] += buf[cpu * self.words + w]
+        return self.value_type.from_buffer_copy((ctypes.c_uint64 * self.words)(*summed))

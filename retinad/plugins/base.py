@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from retinad.config.schema import MetricsSettings
-from retinad.resolvers.base import Resolver
+from retinad.config.schema import MetricsSettings, ResolverSettings
+from retinad.resolvers.base import ResolverChain
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,15 @@ class PluginContext:
 
     metrics: MetricsSettings
     """Mode (basic/advanced), naming (prometheus/retina), ip label."""
-    resolver: Resolver
-    """Names IPs and interfaces as endpoints (the chain from [resolvers].order)."""
+    resolver: ResolverChain
+    """Names IPs and interfaces as endpoints (the chain from [resolvers].order); its
+    ``wait_change`` tells a plugin when to re-attribute its kernel map keys."""
     bpf_dir: Path
     """Where the BPF C sources live (bpf/ in a checkout, /usr/share/retinad/bpf installed)."""
     logger: logging.Logger
     """Already named ``retinad.<plugin>``."""
+    series: ResolverSettings = field(default_factory=ResolverSettings)
+    """Series hygiene: grace_period_seconds and max_endpoint_series."""
 
 
 class Plugin(Protocol):

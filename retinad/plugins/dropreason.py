@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from prometheus_client.metrics_core import Metric
 from retinad.config.schema import DropReasonSettings, MetricsSettings
 from retinad.errors import AttachError, KernelError, PluginError
 from retinad.exporter import naming
+from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
 from retinad.kernel.abi import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -47,6 +49,7 @@ from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonName
 from retinad.kernel.maps import BatchReader, possible_cpus
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
 from retinad.plugins.base import PluginContext
+from retinad.plugins.sweeper import Sweeper
 
 SOURCE = "bpf/dropreason.c"
 TRACEPOINT = "skb:kfree_skb"
@@ -114,6 +117,9 @@ class _Program:
     reader: BatchReader[DropKey, DropValue]
     capacity: int
     advanced: bool
+    ledger: SeriesLedger | None = None
+    """Advanced mode: binds keys to endpoints (exporter/ledger.py); its coarse totals
+    give the node-level series, so freeing a key never lowers them."""
 
 
 class DropReasonPlugin:
@@ -136,6 +142,8 @@ class DropReasonPlugin:
         self._names: DropReasonNames | None = None
         self._defines: dict[str, int] = {}
         self._prog: _Program | None = None
+        self._lock = threading.Lock()
+        self._sweeper: Sweeper | None = None
 
     @property
     def names(self) -> DropReasonNames:
@@ -154,6 +162,10 @@ class DropReasonPlugin:
             self._prog = self._build(self._settings, self._metrics)
         except KernelError as err:
             raise PluginError(f"dropreason: {err}") from err
+        self._sweeper = Sweeper(
+            self._ctx.resolver, self._account, logger=self._log, name="dropreason-sweep"
+        )
+        self._sweeper.start()
         source = "kprobes present but unused" if kprobes_available() else "no kprobes"
         self._log.info(
             "dropreason: source tracepoint %s (%s; rx_sk %s), %d reasons from %s",
@@ -187,9 +199,32 @@ class DropReasonPlugin:
             bpf.cleanup()
             raise AttachError(f"tracepoint {TRACEPOINT}: {err}", reason="attach") from err
         reader = BatchReader(table, DropKey, DropValue, percpu=True)
-        return _Program(bpf, reader, settings.max_entries, advanced)
+        prog = _Program(bpf, reader, settings.max_entries, advanced)
+        if advanced:
+            prog.ledger = self._new_ledger(reader, metrics)
+        return prog
+
+    def _new_ledger(
+        self, reader: BatchReader[DropKey, DropValue], metrics: MetricsSettings
+    ) -> SeriesLedger:
+        def take(key: bytes) -> Values | None:
+            value = reader.take(DropKey.from_buffer_copy(key))
+            return None if value is None else (value.packets, value.bytes)
+
+        ep = tuple(naming.endpoint_label_values(OVERFLOW_ENDPOINT, "", ip_label=metrics.ip_label))
+        return SeriesLedger(
+            width=2,
+            grace=float(self._ctx.series.grace_period_seconds),
+            cap=self._ctx.series.max_endpoint_series,
+            overflow=lambda labels: (*labels[:2], *ep),
+            take=take,
+            coarse=lambda labels: labels[:2],
+        )
 
     def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         prog, self._prog = self._prog, None
         if prog is not None:
             _close(prog)
@@ -209,50 +244,77 @@ class DropReasonPlugin:
             except KernelError as err:
                 self._log.error("dropreason: reload failed, keeping the running program: %s", err)
                 return
-            self._prog = new
+            with self._lock:
+                self._prog = new
             if old is not None:
                 _close(old)
+        elif old is not None and old.advanced and metrics != self._metrics:
+            with self._lock:  # label shapes changed: bind keys afresh
+                old.ledger = self._new_ledger(old.reader, metrics)
         self._settings, self._metrics = settings, metrics
 
     # --- metrics ---------------------------------------------------------------------------
 
     def describe(self) -> Iterable[Metric]:
-        return self._families()[0]
+        return [*self._families()[0], naming.series_dropped([])]
 
     def collect(self) -> Iterable[Metric]:
         families, (packets, nbytes, ep_packets, ep_bytes, overflow) = self._families()
-        prog = self._prog
-        if prog is None:
+        account = self._account()
+        if account is None:
             return []
-        ip_label = self._metrics.ip_label
-        name = self.names.retina_name if self._metrics.naming == "retina" else self.names.name
-        basic: dict[tuple[str, str], list[int]] = {}
-        per_ep: dict[tuple[str, ...], list[int]] = {}
-        seen: dict[bytes, tuple[Endpoint, str]] = {}  # one resolver call per address
-        entries = overflowed = 0
-        for key, value in prog.reader.read():
-            entries += 1
-            if key.family == FAMILY_OVERFLOW:
-                overflowed = value.packets
-                if not value.packets:
-                    continue
-                labels = (OVERFLOW_REASON, Direction.UNKNOWN.label)
-                ep, ip = OVERFLOW_ENDPOINT, ""
-            else:
-                labels = (name(key.reason), _direction(key.direction))
-                ep, ip = self._endpoint(key, seen) if prog.advanced else (UNKNOWN_ENDPOINT, "")
-            _add(basic, labels, value)
-            if prog.advanced:
-                ep_values = naming.endpoint_label_values(ep, ip, ip_label=ip_label)
-                _add(per_ep, (*labels, *ep_values), value)
-        for labels, (p, b) in basic.items():
+        basic, per_ep, entries, overflowed, prog = account
+        for labels, (p, b) in sorted(basic.items()):
             packets.add_metric(list(labels), p)
             nbytes.add_metric(list(labels), b)
-        for ep_labels, (p, b) in per_ep.items():
+        for ep_labels, (p, b) in sorted(per_ep.items()):
             ep_packets.add_metric(list(ep_labels), p)
             ep_bytes.add_metric(list(ep_labels), b)
         overflow.add_metric([MAP_NAME], overflowed)
-        return [*families, *naming.map_gauges([(MAP_NAME, entries, prog.capacity)])]
+        dropped = naming.series_dropped(
+            [(MAP_NAME, prog.ledger.dropped)] if prog.ledger is not None else []
+        )
+        return [*families, dropped, *naming.map_gauges([(MAP_NAME, entries, prog.capacity)])]
+
+    def _account(
+        self,
+    ) -> tuple[dict[Labels, Values], dict[Labels, Values], int, int, _Program] | None:
+        """Read the map once; in advanced mode name each key and run it through the ledger.
+
+        Returns (node-level totals, endpoint totals, entries, overflow packets, program).
+        """
+        with self._lock:
+            prog = self._prog
+            if prog is None:
+                return None
+            ip_label = self._metrics.ip_label
+            name = self.names.retina_name if self._metrics.naming == "retina" else self.names.name
+            basic: dict[Labels, list[int]] = {}
+            records: list[Record] = []
+            seen: dict[bytes, tuple[Endpoint, str]] = {}  # one resolver call per address
+            entries = overflowed = 0
+            for key, value in prog.reader.read():
+                entries += 1
+                if key.family == FAMILY_OVERFLOW:
+                    overflowed = value.packets
+                    if not value.packets:
+                        continue
+                    labels: Labels = (OVERFLOW_REASON, Direction.UNKNOWN.label)
+                    ep, ip = OVERFLOW_ENDPOINT, ""
+                else:
+                    labels = (name(key.reason), _direction(key.direction))
+                    ep, ip = self._endpoint(key, seen) if prog.advanced else (UNKNOWN_ENDPOINT, "")
+                if prog.ledger is None:
+                    _add(basic, labels, value)
+                    continue
+                ep_values = naming.endpoint_label_values(ep, ip, ip_label=ip_label)
+                live = ep is not UNKNOWN_ENDPOINT
+                values = (value.packets, value.bytes)
+                records.append(Record(bytes(key), (*labels, *ep_values), values, live))
+            if prog.ledger is None:
+                return {k: (v[0], v[1]) for k, v in basic.items()}, {}, entries, overflowed, prog
+            per_ep = prog.ledger.update(records)
+            return prog.ledger.coarse_totals(), per_ep, entries, overflowed, prog
 
     def _families(
         self,
@@ -292,8 +354,8 @@ class DropReasonPlugin:
         return f"tracepoint {TRACEPOINT}, {self._names.reason_count} reasons from BTF"
 
     def healthy(self) -> bool:
-        """No background thread: healthy whenever started (collect reads on demand)."""
-        return True
+        """Healthy while the sweeper thread (resolver changes -> ledger) runs."""
+        return self._sweeper is not None and self._sweeper.alive
 
 
 def _add(acc: dict[Any, list[int]], labels: Any, value: DropValue) -> None:

@@ -28,6 +28,8 @@ from prometheus_client.metrics_core import Metric
 from retinad.config.schema import MetricsSettings, PacketParserSettings
 from retinad.errors import AttachError, PluginError, RetinadError
 from retinad.exporter import naming
+from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
+from retinad.exporter.naming import series_dropped
 from retinad.kernel import abi
 from retinad.kernel.attach import Attacher, Attachment, Hook, Program, make_attacher
 from retinad.kernel.attach import remove_stale_filters as _remove_stale
@@ -40,9 +42,15 @@ from retinad.plugins.packetparser_metrics import (
     Reading,
     basic_families,
     endpoint_families,
+    endpoint_overflow,
+    endpoint_records,
     overflow_packets,
     remote_families,
+    remote_overflow,
+    remote_records,
+    traffic_values,
 )
+from retinad.plugins.sweeper import Sweeper
 
 SOURCE = "packetparser.c"
 IFACE_KEYS = 4096
@@ -60,6 +68,9 @@ MAP_LABELS = {
     "pp_remote": "packetparser_remote",
 }
 """BPF map name -> value of the ``map`` label on retinad_map_* series."""
+
+_Totals = dict[str, dict[Labels, Values]]
+"""Ledger totals per BPF map name."""
 
 
 @dataclass
@@ -103,6 +114,8 @@ class PacketParser:
         self._container_ifindexes: set[int] = set()
         self._errors: Counter[str] = Counter()
         self._kernel: _KernelConfig | None = None
+        self._ledgers: dict[str, SeriesLedger] = {}
+        self._sweeper: Sweeper | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -120,6 +133,11 @@ class PacketParser:
             )
             self._watcher.start()
             self._sweep_stale()
+            if self._ledgers:
+                self._sweeper = Sweeper(
+                    self.ctx.resolver, self._account, logger=self._log, name="packetparser-sweep"
+                )
+                self._sweeper.start()
         except RetinadError:
             self.stop()
             raise
@@ -129,6 +147,9 @@ class PacketParser:
         self._log.info("%s", self.status())
 
     def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -137,6 +158,7 @@ class PacketParser:
                 self._detach(ifindex)
         with self._read_lock:
             self._readers.clear()
+            self._ledgers.clear()
             self._programs.clear()
             if self._bpf is not None:
                 self._bpf.cleanup()
@@ -148,6 +170,9 @@ class PacketParser:
         old_settings, old_ctx = self.settings, self.ctx
         new_ctx = dataclasses.replace(self.ctx, metrics=metrics)
         if _KernelConfig.of(settings, metrics) == self._kernel:
+            if metrics != old_ctx.metrics:  # label shapes changed: bind keys afresh
+                with self._read_lock:
+                    self._ledgers = {n: self._new_ledger(n, metrics) for n in self._ledgers}
             with self._lock:
                 self.settings, self.ctx = settings, new_ctx
                 links = self._watcher.links() if self._watcher else {}
@@ -169,7 +194,8 @@ class PacketParser:
             self.start()
 
     def healthy(self) -> bool:
-        return self._watcher is not None and self._watcher.alive
+        sweeping = self._sweeper is None or self._sweeper.alive
+        return self._watcher is not None and self._watcher.alive and sweeping
 
     def status(self) -> str:
         mode = self._attacher.mode if self._attacher else "none"
@@ -204,6 +230,24 @@ class PacketParser:
             table = self._bpf[name.encode()]
             self._insert_overflow_keys(name, table, key_type)
             self._readers[name] = BatchReader(table, key_type, abi.TrafficValue, percpu=True)
+            if name != "pp_iface":
+                self._ledgers[name] = self._new_ledger(name, self.ctx.metrics)
+
+    def _new_ledger(self, name: str, metrics: MetricsSettings) -> SeriesLedger:
+        reader = self._readers[name]
+
+        def take(key: bytes) -> Values | None:
+            value = reader.take(reader.key_type.from_buffer_copy(key))
+            return None if value is None else traffic_values(value)
+
+        overflow = endpoint_overflow if name == "pp_endpoint" else remote_overflow
+        return SeriesLedger(
+            width=2 + abi.TCP_NFLAGS,
+            grace=float(self.ctx.series.grace_period_seconds),
+            cap=self.ctx.series.max_endpoint_series,
+            overflow=overflow(metrics),
+            take=take,
+        )
 
     @staticmethod
     def _insert_overflow_keys(name: str, table: Any, key_type: type[ctypes.Structure]) -> None:
@@ -293,26 +337,38 @@ class PacketParser:
 
     # --- metrics ------------------------------------------------------------------------
 
-    def _read(self) -> dict[str, list[tuple[Any, abi.TrafficValue]]]:
-        with self._read_lock:
-            return {name: list(r.read()) for name, r in self._readers.items()}
+    def _account(self) -> tuple[dict[str, list[tuple[Any, abi.TrafficValue]]], _Totals]:
+        """Read every map and pass the named endpoint keys through the ledgers.
 
-    def collect(self) -> Iterable[Metric]:
-        data = self._read()
+        One lock around read and ledger update: the sweeper and concurrent scrapes must not
+        interleave, or a key taken by one pass would look vanished to the other.
+        """
         metrics = self.ctx.metrics
         with self._lock:
             containers = frozenset(self._container_ifindexes)
-        reading = Reading(
-            iface=data.get("pp_iface", []),
-            endpoint=data.get("pp_endpoint"),
-            remote=data.get("pp_remote"),
-            container_ifindexes=containers,
-        )
-        yield from basic_families(reading, metrics)
-        if reading.endpoint is not None and metrics.mode == "advanced":
-            yield from endpoint_families(reading, self.ctx.resolver, metrics)
-        if reading.remote is not None and metrics.mode == "advanced":
-            yield from remote_families(reading, self.ctx.resolver, metrics)
+        with self._read_lock:
+            data = {name: list(r.read()) for name, r in self._readers.items()}
+            reading = Reading(
+                iface=data.get("pp_iface", []),
+                endpoint=data.get("pp_endpoint"),
+                remote=data.get("pp_remote"),
+                container_ifindexes=containers,
+            )
+            totals: _Totals = {}
+            for name, ledger in self._ledgers.items():
+                named = endpoint_records if name == "pp_endpoint" else remote_records
+                records: list[Record] = named(reading, self.ctx.resolver, metrics)
+                totals[name] = ledger.update(records)
+        return data, totals
+
+    def collect(self) -> Iterable[Metric]:
+        data, totals = self._account()
+        metrics = self.ctx.metrics
+        yield from basic_families(Reading(iface=data.get("pp_iface", [])), metrics)
+        if "pp_endpoint" in totals:
+            yield from endpoint_families(totals["pp_endpoint"], metrics)
+        if "pp_remote" in totals:
+            yield from remote_families(totals["pp_remote"], metrics)
         yield from self._self_metrics(data)
 
     def _self_metrics(self, data: dict[str, list[tuple[Any, abi.TrafficValue]]]) -> list[Metric]:
@@ -323,6 +379,7 @@ class PacketParser:
         ]
         out = naming.map_gauges(triples)
         out.append(overflow_packets((MAP_LABELS[n], recs) for n, recs in data.items()))
+        out.append(series_dropped((MAP_LABELS[n], lg.dropped) for n, lg in self._ledgers.items()))
         out.extend(self._attach_metrics())
         return out
 
@@ -359,6 +416,7 @@ class PacketParser:
         fams = [s.family(m.naming, ip_label=m.ip_label) for s in specs]
         fams += naming.map_gauges([])
         fams.append(overflow_packets([]))
+        fams.append(series_dropped([]))
         fams += self._attach_metrics()
         return fams
 

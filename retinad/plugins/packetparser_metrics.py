@@ -1,8 +1,10 @@
 """Turn one read of packetparser's kernel maps into metric families (pure, no I/O).
 
 The plugin reads the maps (batch lookups, per-CPU values summed) and hands the records
-here with the resolver and the [metrics] settings. Keeping this pure lets the unit tests
-feed literal keys and values.
+here with the resolver and the [metrics] settings; endpoint and remote keys are named
+here as ledger Records, and the plugin's SeriesLedgers (exporter/ledger.py) turn them
+into totals that survive owner changes and expire after the grace period. Keeping this
+pure lets the unit tests feed literal keys and values.
 
 Attribution rules:
 * Basic series sum the per-interface map by direction (only host interfaces feed it).
@@ -19,7 +21,7 @@ Attribution rules:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -28,6 +30,7 @@ from prometheus_client.metrics_core import Metric
 
 from retinad.config.schema import MetricsSettings
 from retinad.exporter import naming
+from retinad.exporter.ledger import Labels, Record, Values
 from retinad.kernel import abi
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
 from retinad.resolvers.base import Resolver
@@ -115,13 +118,36 @@ def _container_addrs(reading: Reading) -> set[tuple[int, bytes]]:
     }
 
 
-def endpoint_families(
+def traffic_values(v: abi.TrafficValue) -> Values:
+    """A map value as the ledger's tuple: packets, bytes, then the TCP flag counts."""
+    return (v.packets, v.bytes, *v.tcp_flags)
+
+
+def _overflow_labels(n_endpoints: int, ip_label: bool) -> Callable[[Labels], Labels]:
+    """Cap overflow: keep the direction, replace each endpoint's labels by overflow's."""
+    ep = tuple(naming.endpoint_label_values(OVERFLOW_ENDPOINT, "", ip_label=ip_label))
+    return lambda labels: (labels[0], *(ep * n_endpoints))
+
+
+def endpoint_overflow(metrics: MetricsSettings) -> Callable[[Labels], Labels]:
+    return _overflow_labels(1, metrics.ip_label)
+
+
+def remote_overflow(metrics: MetricsSettings) -> Callable[[Labels], Labels]:
+    return _overflow_labels(2, metrics.ip_label)
+
+
+def _is_live(ep: Endpoint) -> bool:
+    return ep is not UNKNOWN_ENDPOINT
+
+
+def endpoint_records(
     reading: Reading, resolver: Resolver, metrics: MetricsSettings
-) -> list[Metric]:
-    """Per-endpoint forward and TCP flag series (advanced mode)."""
+) -> list[Record]:
+    """Name each per-endpoint key (advanced mode); the ledger turns them into series."""
     ip_label = metrics.ip_label
     containers = _container_addrs(reading)
-    totals: dict[tuple[str, ...], Totals] = {}
+    records: list[Record] = []
     for key, value in reading.endpoint or ():
         on_container = key.ifindex in reading.container_ifindexes
         if not on_container and (key.family, bytes(key.addr)) in containers:
@@ -132,24 +158,29 @@ def endpoint_families(
             direction_label(key.direction),
             *naming.endpoint_label_values(ep, addr, ip_label=ip_label),
         )
-        totals.setdefault(labels, Totals()).add(value)
+        records.append(Record(bytes(key), labels, traffic_values(value), _is_live(ep)))
+    return records
 
+
+def endpoint_families(totals: Mapping[Labels, Values], metrics: MetricsSettings) -> list[Metric]:
+    """Per-endpoint forward and TCP flag series from the ledger's totals."""
+    ip_label = metrics.ip_label
     packets = _family(naming.ENDPOINT_FORWARD_PACKETS, metrics, ip_label=ip_label)
     nbytes = _family(naming.ENDPOINT_FORWARD_BYTES, metrics, ip_label=ip_label)
     flags = _family(naming.ENDPOINT_TCP_FLAGS, metrics, ip_label=ip_label)
     for labels, t in sorted(totals.items()):
-        packets.add_metric(list(labels), t.packets)
-        nbytes.add_metric(list(labels), t.bytes)
+        packets.add_metric(list(labels), t[0])
+        nbytes.add_metric(list(labels), t[1])
         for i, flag in enumerate(abi.TCP_FLAG_NAMES):
-            if t.flags[i]:  # an endpoint's flag series appears with its first such packet
-                flags.add_metric([flag, *labels], t.flags[i])
+            if t[2 + i]:  # an endpoint's flag series appears with its first such packet
+                flags.add_metric([flag, *labels], t[2 + i])
     return [packets, nbytes, flags]
 
 
-def remote_families(reading: Reading, resolver: Resolver, metrics: MetricsSettings) -> list[Metric]:
-    """Per (local endpoint, remote endpoint) forward series (remote context)."""
+def remote_records(reading: Reading, resolver: Resolver, metrics: MetricsSettings) -> list[Record]:
+    """Name each (local endpoint, remote endpoint) key (remote context)."""
     ip_label = metrics.ip_label
-    totals: dict[tuple[str, ...], Totals] = {}
+    records: list[Record] = []
     for key, value in reading.remote or ():
         if key.family == abi.FAMILY_OVERFLOW:
             local, remote, lip, rip = OVERFLOW_ENDPOINT, OVERFLOW_ENDPOINT, "", ""
@@ -163,12 +194,19 @@ def remote_families(reading: Reading, resolver: Resolver, metrics: MetricsSettin
             *naming.endpoint_label_values(local, lip, ip_label=ip_label),
             *naming.endpoint_label_values(remote, rip, ip_label=ip_label),
         )
-        totals.setdefault(labels, Totals()).add(value)
+        live = _is_live(local) and _is_live(remote)
+        records.append(Record(bytes(key), labels, traffic_values(value), live))
+    return records
+
+
+def remote_families(totals: Mapping[Labels, Values], metrics: MetricsSettings) -> list[Metric]:
+    """Per (local endpoint, remote endpoint) forward series from the ledger's totals."""
+    ip_label = metrics.ip_label
     packets = _family(naming.REMOTE_FORWARD_PACKETS, metrics, ip_label=ip_label)
     nbytes = _family(naming.REMOTE_FORWARD_BYTES, metrics, ip_label=ip_label)
     for labels, t in sorted(totals.items()):
-        packets.add_metric(list(labels), t.packets)
-        nbytes.add_metric(list(labels), t.bytes)
+        packets.add_metric(list(labels), t[0])
+        nbytes.add_metric(list(labels), t[1])
     return [packets, nbytes]
 
 

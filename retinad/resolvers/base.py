@@ -74,15 +74,34 @@ class Resolver(Protocol):
 class ResolverChain:
     """Asks each resolver in turn; the first answer wins.
 
-    ``changed`` is set whenever any resolver's index changes, so the series tracker can
-    re-attribute kernel map keys promptly instead of at the next scrape.
+    Resolvers call ``notify_change`` whenever their index changes; consumers (the series
+    ledgers of packetparser and dropreason) wait with ``wait_change`` and re-attribute
+    kernel map keys promptly instead of at the next scrape. A generation number rather
+    than an Event, so several consumers each see every change.
     """
 
     name = "chain"
 
     def __init__(self, resolvers: Sequence[Resolver]) -> None:
         self.resolvers = list(resolvers)
-        self.changed = threading.Event()
+        self._generation = 0
+        self._cond = threading.Condition()
+
+    def notify_change(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    @property
+    def generation(self) -> int:
+        with self._cond:
+            return self._generation
+
+    def wait_change(self, seen: int, timeout: float) -> int:
+        """Block until the generation differs from ``seen`` or ``timeout``; return it."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._generation != seen, timeout)
+            return self._generation
 
     def start(self) -> None:
         for r in self.resolvers:

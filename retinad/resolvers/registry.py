@@ -26,6 +26,6 @@ def build_chain(settings: Settings, logger: logging.Logger) -> ResolverChain:
     chain = ResolverChain([])
     for name in settings.resolvers.order:
         module = importlib.import_module(RESOLVER_MODULES[name])
-        ctx = ResolverContext(settings, logger.getChild(name), chain.changed.set)
+        ctx = ResolverContext(settings, logger.getChild(name), chain.notify_change)
         chain.resolvers.append(module.create(ctx))
     return chain

@@ -27,7 +27,7 @@ from retinad.kernel.compile import find_bpf_dir
 from retinad.model import Endpoint
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser import PacketParser
-from retinad.resolvers.base import IPAddress
+from retinad.resolvers.base import IPAddress, ResolverChain
 from tests.netns import Netns
 
 CLONE_NEWNET = 0x40000000
@@ -100,7 +100,7 @@ def make_plugin(
 ) -> PacketParser:
     ctx = PluginContext(
         metrics=metrics or MetricsSettings(),
-        resolver=resolver or StaticResolver(),
+        resolver=ResolverChain([resolver or StaticResolver()]),
         bpf_dir=find_bpf_dir(),
         logger=logging.getLogger("retinad.packetparser"),
     )

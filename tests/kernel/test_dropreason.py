@@ -34,7 +34,7 @@ from retinad.kernel.compile import find_bpf_dir
 from retinad.model import Endpoint
 from retinad.plugins.base import PluginContext
 from retinad.plugins.dropreason import MAP_NAME, DropReasonPlugin, create
-from retinad.resolvers.base import IPAddress
+from retinad.resolvers.base import IPAddress, ResolverChain
 from tests.fixtures.btf_writer import BtfWriter
 from tests.netns import Netns, veth_to
 
@@ -80,7 +80,7 @@ def make_plugin(
 ) -> DropReasonPlugin:
     ctx = PluginContext(
         metrics=metrics,
-        resolver=resolver or TableResolver(),
+        resolver=ResolverChain([resolver or TableResolver()]),
         bpf_dir=find_bpf_dir(),
         logger=logging.getLogger("retinad.dropreason"),
     )
@@ -235,6 +235,8 @@ def test_tcp_syn_to_closed_port(plugin: DropReasonPlugin, pair: Pair) -> None:
 def test_non_local_destination_with_forwarding_off(plugin: DropReasonPlugin, pair: Pair) -> None:
     far = random_net()
     pair.a.run("ip", "route", "add", f"{far}.0/24", "via", pair.ip_b)
+    # New namespaces inherit the host's IPv4 forwarding (dockerd turns it on): set it here.
+    pair.b.run("sysctl", "-qw", "net.ipv4.ip_forward=0")
     assert pair.b.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == b"0"
     pair.send_udp(f"{far}.1", 9, 5)
     assert_drops(plugin, f"{far}.1", "IP_INADDRERRORS", "ingress", 5, 5 * 128)
@@ -442,10 +444,12 @@ def test_status_describe_and_stop_twice() -> None:
             "retinad_endpoint_drop_packets",
             "retinad_endpoint_drop_bytes",
             "retinad_map_overflow_packets",
+            "retinad_series_dropped",
         ]
         assert all(not f.samples for f in described)
     finally:
         p.stop()
+    assert not p.healthy()
     p.stop()
     assert list(p.collect()) == []
 

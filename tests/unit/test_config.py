@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 from pathlib import Path
 
 import pytest
@@ -61,7 +63,7 @@ BAD_CONFIGS = [
     ("packetparser = 3\n", "[packetparser]: expected a table, got an integer"),
     (
         '[resolvers]\norder = ["docker2"]\n',
-        '[resolvers].order[0]: unknown resolver "docker2" (known: "host")',
+        '[resolvers].order[0]: unknown resolver "docker2" (known: "host", "docker", "containerd", "kubernetes", "static")',
     ),
     ('[resolvers]\norder = ["host", "host"]\n', '[resolvers].order[1]: "host" listed twice'),
     (
@@ -190,5 +192,13 @@ def test_every_key_is_documented() -> None:
             else:
                 section = doc.split(f"`[{table}]`", 1)[1]
                 assert f"| `{f.name}` |" in section, f"[{table}].{f.name} is not documented"
+                args = typing.get_args(typing.get_type_hints(cls)[f.name])
+                item = args[0] if len(args) == 1 else None
+                if isinstance(item, type) and dataclasses.is_dataclass(item):  # an array of tables
+                    name = f"{table}.{f.name}"
+                    assert f"`[[{name}]]`" in doc, f"[[{name}]] is not documented"
+                    part = doc.split(f"`[[{name}]]`", 1)[1]
+                    for sub in dataclasses.fields(item):
+                        assert f"| `{sub.name}` |" in part, f"[[{name}]].{sub.name} undocumented"
 
     walk(Settings, "")

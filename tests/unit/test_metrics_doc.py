@@ -25,5 +25,8 @@ def test_every_self_metric_is_documented() -> None:
         naming.MAP_OVERFLOW_PACKETS + "_total",
         naming.ATTACH_ERRORS + "_total",
         naming.ATTACHED_INTERFACES,
+        naming.SERIES_DROPPED + "_total",
+        naming.RESOLVER_UP,
+        naming.RESOLVER_ENDPOINTS,
     ):
         assert f"`{name}`" in DOC, name

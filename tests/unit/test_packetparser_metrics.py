@@ -8,12 +8,21 @@ import ipaddress
 from retinad.config.schema import MetricsSettings
 from retinad.kernel import abi
 from retinad.model import Endpoint
+from retinad.exporter.ledger import SeriesLedger
 from retinad.plugins.packetparser_metrics import (
     Reading,
     basic_families,
-    endpoint_families,
+    endpoint_overflow,
+    endpoint_records,
     overflow_packets,
-    remote_families,
+    remote_overflow,
+    remote_records,
+)
+from retinad.plugins.packetparser_metrics import (
+    endpoint_families as _endpoint_families,
+)
+from retinad.plugins.packetparser_metrics import (
+    remote_families as _remote_families,
 )
 from retinad.resolvers.base import IPAddress
 
@@ -39,6 +48,19 @@ class Tables:
 
     def by_ifindex(self, ifindex: int) -> Endpoint | None:
         return self.ifindexes.get(ifindex)
+
+
+def endpoint_families(r: Reading, res: Tables, m: MetricsSettings) -> list:  # type: ignore[type-arg]
+    """One scrape as the plugin does it: name the keys, pass them through a ledger."""
+    ledger = SeriesLedger(width=10, grace=300, cap=100, overflow=endpoint_overflow(m),
+                          take=lambda k: None)  # fmt: skip
+    return _endpoint_families(ledger.update(endpoint_records(r, res, m)), m)
+
+
+def remote_families(r: Reading, res: Tables, m: MetricsSettings) -> list:  # type: ignore[type-arg]
+    ledger = SeriesLedger(width=10, grace=300, cap=100, overflow=remote_overflow(m),
+                          take=lambda k: None)  # fmt: skip
+    return _remote_families(ledger.update(remote_records(r, res, m)), m)
 
 
 def tv(packets: int, nbytes: int, **flags: int) -> abi.TrafficValue:
