@@ -1,0 +1,412 @@
+"""The "docker" resolver: names IPs and host-side veths after the containers of a Docker engine.
+
+Every running container that has its own network namespace becomes one endpoint:
+
+* name = the container name; namespace = its Compose project (label
+  ``com.docker.compose.project``) or ""; workload_kind = "compose_service" with
+  workload_name = the Compose service (label ``com.docker.compose.service``), else
+  "container" with workload_name = the container name; labels = the container's labels,
+  passed through as untrusted text (never interpreted, never exported as label names).
+* it claims every address the container has on every network it is attached to (IPv4 and
+  IPv6), and the host-side veth of every one of its interfaces.
+
+``--net=container:X`` containers claim nothing: they have no address of their own, so
+X's addresses and veths keep resolving to X, and when X goes nothing answers for them.
+``--net=host`` (the host's addresses) and ``--net=none`` containers claim nothing either.
+
+Keeping current: a ``Follower`` thread runs one session after another. A session connects,
+subscribes to the event stream *first* (with ``since`` = the daemon's clock, so an event
+between the subscription and the list is replayed rather than lost: dockerd flushes the
+response headers before it registers the subscriber), lists the running containers into
+the index with one ``replace_all``, marks the resolver up, then handles each event (start,
+die, destroy, rename; network connect, disconnect) by inspecting just that container again
+and putting or removing its claim. Handling is idempotent (an event seen twice, or replayed
+from before the list, only re-inspects), so the index converges on Docker's own state.
+When the stream breaks (dockerd stopped, restarted, or was never there) ``up`` turns
+False, the index keeps answering with what it last knew, and the next session, after the
+Follower's backoff, relists: that is the resync. Nothing here ever calls Docker from a
+lookup: ``by_ip``/``by_ifindex`` are dictionary reads.
+
+Host-side veth: the container's network namespace is ``/proc/<State.Pid>/ns/net``. Rather
+than entering it (pyroute2's ``NetNS`` forks a helper process per namespace, about 10 ms
+and a fork of a process that holds bcc state and threads; ``setns`` from a thread would
+need restoring), the resolver asks the kernel, from the host namespace, which id this
+namespace gives that one (RTM_GETNSID with NETNSA_FD on the opened ``/proc`` file), and
+takes the host's veths whose IFLA_LINK_NETNSID is that id: exactly the veths whose peer
+lives in the container. That is the mirror image of reading IFLA_LINK inside the
+container, with no fork, no namespace switch and no fd left open; a link dump before the
+query makes the kernel assign the id if it had not yet. A container whose process is gone
+by then keeps its addresses and claims no veth (its die event follows).
+
+Client: the docker SDK's low-level ``APIClient`` rather than ``DockerClient``: inspect
+returns the engine's JSON as-is (no model objects that reload themselves with extra
+requests), and ``events`` returns a ``CancellableStream`` whose ``close`` shuts the
+socket down, which is how ``stop`` ends a read that would otherwise block until the next
+event. ``version="auto"`` negotiates the API version, so a 20.10 engine (API 1.41) works
+with a newer SDK, and makes an absent engine fail at connect time, inside the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import docker
+import docker.errors
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from retinad.kernel.interfaces import link_from_msg
+from retinad.model import Endpoint
+from retinad.resolvers.base import IPAddress, ResolverContext
+from retinad.resolvers.follow import Follower
+from retinad.resolvers.index import Claim, EndpointIndex
+
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+
+CONTAINER_EVENTS = ("start", "die", "destroy", "rename")
+NETWORK_EVENTS = ("connect", "disconnect")
+EVENT_FILTERS: dict[str, list[str]] = {
+    "type": ["container", "network"],
+    "event": [*CONTAINER_EVENTS, *NETWORK_EVENTS],
+}
+"""What can change a container's claim. A network's own destroy event (type network) also
+passes the filter and is ignored: its containers were disconnected first."""
+
+API_TIMEOUT = 10.0
+"""Seconds for one list or inspect call (the event stream itself has no read timeout)."""
+
+NOT_ASSIGNED = -1
+"""RTM_GETNSID's answer for a namespace this one has no id for (no link between them)."""
+
+Inspect = Mapping[str, Any]
+"""A container as ``GET /containers/{id}/json`` returns it (untrusted JSON)."""
+
+
+# --- the container -> endpoint mapping (pure; unit-testable with literal dicts) ----------
+
+
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def container_labels(info: Inspect) -> Mapping[str, str]:
+    labels = _dict(_dict(info.get("Config")).get("Labels"))
+    return MappingProxyType(
+        {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
+    )
+
+
+def container_name(info: Inspect) -> str:
+    name = _str(info.get("Name"))
+    return name[1:] if name.startswith("/") else name
+
+
+def endpoint_of(info: Inspect) -> Endpoint:
+    """The endpoint a container is (see the module docstring); strings pass through."""
+    labels = container_labels(info)
+    name = container_name(info)
+    service = labels.get(COMPOSE_SERVICE, "")
+    return Endpoint(
+        namespace=labels.get(COMPOSE_PROJECT, ""),
+        name=name,
+        workload_kind="compose_service" if service else "container",
+        workload_name=service or name,
+        labels=labels,
+    )
+
+
+def network_mode(info: Inspect) -> str:
+    return _str(_dict(info.get("HostConfig")).get("NetworkMode"))
+
+
+def has_own_netns(info: Inspect) -> bool:
+    """False for --net=host (the host's namespace), --net=none and --net=container:X."""
+    mode = network_mode(info)
+    return mode not in ("host", "none") and not mode.startswith("container:")
+
+
+def container_ips(info: Inspect) -> list[IPAddress]:
+    """Every IPv4 and IPv6 address the container has, on every network it is attached to."""
+    ips: list[IPAddress] = []
+    networks = _dict(_dict(info.get("NetworkSettings")).get("Networks"))
+    for net in networks.values():
+        for key in ("IPAddress", "GlobalIPv6Address"):
+            text = _str(_dict(net).get(key))
+            if not text:
+                continue
+            try:
+                ips.append(ipaddress.ip_address(text))
+            except ValueError:
+                continue
+    return ips
+
+
+def running_pid(info: Inspect) -> int:
+    state = _dict(info.get("State"))
+    pid = state.get("Pid")
+    if state.get("Running") is not True or not isinstance(pid, int) or pid <= 0:
+        return 0
+    return pid
+
+
+def daemon_since(info: Mapping[str, Any]) -> int:
+    """A ``since`` for the event stream: the daemon's clock (from ``/info``), floored to
+    the second so it is never later than now; the local clock if the daemon's is unreadable.
+    An early ``since`` only replays a few events, which re-inspecting makes harmless."""
+    text = _str(info.get("SystemTime"))
+    try:
+        return int(datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return int(time.time()) - 1
+
+
+def probe(host: str, timeout: float) -> None:
+    """For a ``unix://`` host, raise OSError unless something accepts a connection there.
+
+    An absent engine then costs one failed connect that leaks nothing: the SDK's unix
+    adapter leaves the socket of a failed connect to the garbage collector (a
+    ResourceWarning per retry). Other schemes go through urllib3, which closes it.
+    """
+    if not host.startswith("unix://"):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(host[len("unix://") :])
+
+
+# --- host-side veths (netlink in the host namespace) --------------------------------------
+
+
+class VethFinder:
+    """Finds the host-side veths of a process's network namespace (module docstring)."""
+
+    def __init__(self) -> None:
+        self._ipr = IPRoute()
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def veths_by_nsid(self) -> dict[int, list[int]]:
+        """Peer namespace id -> the ifindexes of this namespace's veths whose peer is there.
+        The dump also makes the kernel assign an id to every such peer namespace."""
+        table: dict[int, list[int]] = {}
+        for msg in self._ipr.get_links():
+            link = link_from_msg(msg)
+            if link is not None and link.container_veth and link.link_netnsid is not None:
+                table.setdefault(link.link_netnsid, []).append(link.ifindex)
+        return table
+
+    def nsid_of(self, pid: int) -> int:
+        """The id this namespace has for ``pid``'s network namespace, or NOT_ASSIGNED."""
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return NOT_ASSIGNED  # the process is gone
+        try:
+            res = self._ipr.get_netnsid(fd=fd)
+        finally:
+            os.close(fd)
+        nsid = res.get("nsid") if res else None
+        return nsid if isinstance(nsid, int) and nsid >= 0 else NOT_ASSIGNED
+
+    def veths_of(self, pid: int, table: Mapping[int, list[int]] | None = None) -> list[int]:
+        """Host-side ifindexes of the veths into ``pid``'s network namespace."""
+        if table is None:
+            table = self.veths_by_nsid()
+        nsid = self.nsid_of(pid)
+        return [] if nsid == NOT_ASSIGNED else list(table.get(nsid, ()))
+
+
+# --- the resolver -------------------------------------------------------------------------
+
+
+class DockerResolver:
+    """Containers of one Docker engine, kept current from its events (module docstring)."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        logger: logging.Logger | None = None,
+        on_change: Callable[[], None] | None = None,
+        api_timeout: float = API_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self._log = logger or logging.getLogger("retinad.resolvers.docker")
+        self._timeout = api_timeout
+        self.index = EndpointIndex(on_change)
+        self.follower = Follower(
+            "docker", self._session, logger=self._log, interrupt=self._interrupt
+        )
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._stream: Any = None
+
+    # --- Resolver protocol ------------------------------------------------------------
+
+    def start(self) -> None:
+        self.follower.start()
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+    def by_ip(self, ip: IPAddress) -> Endpoint | None:
+        return self.index.by_ip(ip)
+
+    def by_ifindex(self, ifindex: int) -> Endpoint | None:
+        return self.index.by_ifindex(ifindex)
+
+    @property
+    def up(self) -> bool:
+        return self.follower.up
+
+    @property
+    def alive(self) -> bool:
+        return self.follower.alive
+
+    def size(self) -> int:
+        return len(self.index)
+
+    # --- one session (Follower thread) --------------------------------------------------
+
+    def _session(self, follower: Follower) -> None:
+        probe(self.host, self._timeout)
+        client = docker.APIClient(base_url=self.host, version="auto", timeout=self._timeout)
+        stream: Any = None
+        veths: VethFinder | None = None
+        try:
+            if not self._keep(client=client):
+                return
+            since = daemon_since(client.info())
+            stream = client.events(since=since, filters=EVENT_FILTERS, decode=True)
+            if not self._keep(stream=stream):
+                return
+            veths = VethFinder()
+            claims = self._list(client, veths, follower)
+            if follower.stopping.is_set():
+                return
+            self.index.replace_all(claims)
+            follower.mark_up()
+            self._log.info("docker: %d containers from %s", len(claims), self.host)
+            for event in stream:
+                if follower.stopping.is_set():
+                    return
+                if isinstance(event, Mapping):
+                    self._on_event(client, veths, event)
+        finally:
+            with self._lock:
+                self._client = None
+                self._stream = None
+            if veths is not None:
+                veths.close()
+            _close_quietly(stream, client)
+
+    def _keep(self, *, client: Any = None, stream: Any = None) -> bool:
+        """Publish what ``stop`` must close; False if a stop already came (then the session
+        closes it itself, so a stop racing with a connect never leaves a read blocked)."""
+        with self._lock:
+            if client is not None:
+                self._client = client
+            if stream is not None:
+                self._stream = stream
+            return not self.follower.stopping.is_set()
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            stream, client = self._stream, self._client
+        _close_quietly(stream, client)
+
+    def _list(self, client: Any, veths: VethFinder, follower: Follower) -> dict[str, Claim]:
+        table = veths.veths_by_nsid()
+        claims: dict[str, Claim] = {}
+        for summary in client.containers(quiet=True):
+            if follower.stopping.is_set():
+                break
+            cid = _str(_dict(summary).get("Id"))
+            if not cid:
+                continue
+            try:
+                info = client.inspect_container(cid)
+            except docker.errors.NotFound:
+                continue  # gone since the list; its destroy event is in the stream
+            claim = self._claim_of(info, veths, table)
+            if claim is not None:
+                claims[cid] = claim
+        return claims
+
+    def _on_event(self, client: Any, veths: VethFinder, event: Mapping[str, Any]) -> None:
+        kind, action = _str(event.get("Type")), _str(event.get("Action"))
+        actor = _dict(event.get("Actor"))
+        if kind == "container" and action in CONTAINER_EVENTS:
+            cid = _str(actor.get("ID"))
+        elif kind == "network" and action in NETWORK_EVENTS:
+            cid = _str(_dict(actor.get("Attributes")).get("container"))
+        else:
+            return
+        if not cid:
+            return
+        self._log.debug("docker: %s %s %s", kind, action, cid[:12])
+        if action == "destroy":
+            self.index.remove(cid)
+            return
+        try:
+            info = client.inspect_container(cid)
+        except docker.errors.NotFound:
+            self.index.remove(cid)
+            return
+        claim = self._claim_of(info, veths)
+        if claim is None:
+            self.index.remove(cid)
+        else:
+            self.index.put(cid, claim)
+
+    def _claim_of(
+        self, info: Inspect, veths: VethFinder, table: Mapping[int, list[int]] | None = None
+    ) -> Claim | None:
+        """What a running container with its own network namespace answers for; None for
+        anything else (stopped, --net=host/none/container:, or no address and no veth)."""
+        pid = running_pid(info)
+        if not pid or not has_own_netns(info):
+            return None
+        ips = container_ips(info)
+        try:
+            ifindexes = veths.veths_of(pid, table)
+        except (OSError, NetlinkError) as err:
+            self._log.debug("docker: no veth for %s: %s", container_name(info), err)
+            ifindexes = []
+        if not ips and not ifindexes:
+            return None
+        return Claim.of(endpoint_of(info), ips, ifindexes)
+
+
+def _close_quietly(*things: Any) -> None:
+    """Close the event stream (shuts its socket down, ending a blocked read) and the client."""
+    for thing in things:
+        if thing is None:
+            continue
+        # Already closed, or half-open: either way nothing is left to release.
+        with contextlib.suppress(Exception):
+            thing.close()
+
+
+def create(ctx: ResolverContext) -> DockerResolver:
+    return DockerResolver(
+        host=ctx.settings.resolvers.docker.host, logger=ctx.logger, on_change=ctx.on_change
+    )
