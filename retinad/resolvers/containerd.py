@@ -12,7 +12,7 @@ the rest:
   addresses, which name nothing outside their link) and for the host side of each veth
   (``IFLA_LINK`` of a veth whose ``IFLA_LINK_NETNSID`` is the id of *our* namespace);
 * names come from labels: the CRI's ``io.kubernetes.pod.{namespace,name}`` give
-  Endpoint(namespace=<pod namespace>, name=<pod>, workload_kind="pod", workload_name=<pod>)
+  Endpoint(namespace=<pod namespace>, name=<pod>, workload_kind="Pod", workload_name=<pod>)
   (the kubernetes resolver, when configured first, knows the owners better); any other
   container gives Endpoint(namespace=<containerd namespace>, name=<container id>,
   workload_kind="container", workload_name=<image, else the container id>).
@@ -339,7 +339,7 @@ def endpoint_of(namespace: str, container: containers_pb2.Container) -> tuple[En
     labels = dict(container.labels)
     pod, pod_ns = labels.get(POD_NAME), labels.get(POD_NAMESPACE)
     if pod and pod_ns:
-        ep = Endpoint(namespace=pod_ns, name=pod, workload_kind="pod", workload_name=pod)
+        ep = Endpoint(namespace=pod_ns, name=pod, workload_kind="Pod", workload_name=pod)
         return ep, labels.get(CRI_KIND) == "sandbox"
     ep = Endpoint(
         namespace=namespace,

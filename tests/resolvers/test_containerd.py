@@ -202,7 +202,7 @@ def test_cri_labels_name_the_pod_once_per_network_namespace(
     pod = {"io.kubernetes.pod.name": "web-0", "io.kubernetes.pod.namespace": "shop"}
     sandbox, app = cid("sandbox"), cid("app")
     containers += [("k8s.io", app), ("k8s.io", sandbox)]
-    ep = Endpoint("shop", "web-0", "pod", "web-0")
+    ep = Endpoint("shop", "web-0", "Pod", "web-0")
 
     engine.run(
         "k8s.io", sandbox, netns=net.name, labels={**pod, "io.cri-containerd.kind": "sandbox"}
