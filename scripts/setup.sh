@@ -12,6 +12,9 @@
 #   3. debugfs/tracefs mounts, which bcc's tracepoint attach needs.
 #   4. a venv from /usr/bin/python3 with system site packages (to see bcc), with retinad
 #      installed editable plus its dev tools.
+#   5. with --dev: docker.io (dockerd, containerd, ctr), busybox-static and etcd-server for
+#      the resolver tests, and a kube-apiserver built from Debian's kubernetes source
+#      (scripts/build-kube-apiserver.sh; cached).
 # Usage: scripts/setup.sh [--dev]     (--dev also installs the test and lint tools)
 set -euo pipefail
 
@@ -72,5 +75,10 @@ if [ ! -e "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   log "installing retinad$extra into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$here$extra"
   touch "$stamp"
+fi
+# The real kube-apiserver the Kubernetes resolver tests run against (built once per
+# machine from Debian's source into /var/cache/retinad-test, ~3 min cold, instant after).
+if [ "$dev" = 1 ]; then
+  bash "$here/scripts/build-kube-apiserver.sh" >/dev/null
 fi
 log "ready: $venv"
