@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typing
-
 from pathlib import Path
 
 import pytest
@@ -63,7 +62,8 @@ BAD_CONFIGS = [
     ("packetparser = 3\n", "[packetparser]: expected a table, got an integer"),
     (
         '[resolvers]\norder = ["docker2"]\n',
-        '[resolvers].order[0]: unknown resolver "docker2" (known: "host", "docker", "containerd", "kubernetes", "static")',
+        '[resolvers].order[0]: unknown resolver "docker2" '
+        '(known: "host", "docker", "containerd", "kubernetes", "static")',
     ),
     ('[resolvers]\norder = ["host", "host"]\n', '[resolvers].order[1]: "host" listed twice'),
     (

@@ -6,9 +6,9 @@ import ctypes
 import ipaddress
 
 from retinad.config.schema import MetricsSettings
+from retinad.exporter.ledger import SeriesLedger
 from retinad.kernel import abi
 from retinad.model import Endpoint
-from retinad.exporter.ledger import SeriesLedger
 from retinad.plugins.packetparser_metrics import (
     Reading,
     basic_families,
