@@ -40,17 +40,17 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-T = TypeVar("T")
+from tests.daemon_proc import wait_for
 
 KUBE_VERSION = "1.20.2"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,18 +99,6 @@ def ensure_built(timeout: float = 3600.0) -> Path:
     if not os.access(path, os.X_OK):
         raise RuntimeError(f"{BUILD_SCRIPT} succeeded but {path} is not an executable")
     return path
-
-
-def wait_for(fn: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -269,6 +269,25 @@ def _check_cross_field(s: Settings, source: str) -> None:
             if not ep.name:
                 raise ConfigError(f"{where}.name: expected a non-empty name")
 
-    checks += [web, interfaces, events, resolvers, static_endpoints]
+    def resolver_addresses() -> None:
+        host = s.resolvers.docker.host
+        scheme, sep, rest = host.partition("://")
+        if not sep or scheme not in ("unix", "tcp", "http", "https") or not rest:
+            raise ConfigError(
+                f"{source}: [resolvers.docker].host: expected unix:///path or "
+                f"tcp://host:port, got {_show(host)}"
+            )
+        addr = s.resolvers.containerd.address
+        if not (addr.startswith("/") or addr.startswith("unix:///")):
+            raise ConfigError(
+                f"{source}: [resolvers.containerd].address: expected an absolute socket path, "
+                f"got {_show(addr)}"
+            )
+        if not s.resolvers.containerd.namespaces:
+            raise ConfigError(
+                f"{source}: [resolvers.containerd].namespaces: expected at least one namespace"
+            )
+
+    checks += [web, interfaces, events, resolvers, static_endpoints, resolver_addresses]
     for check in checks:
         check()

@@ -76,7 +76,7 @@ from retinad.resolvers.containerd_api.services.containers.v1 import containers_p
 from retinad.resolvers.containerd_api.services.events.v1 import events_pb2
 from retinad.resolvers.containerd_api.services.tasks.v1 import tasks_pb2
 from retinad.resolvers.containerd_api.types.task import task_pb2
-from retinad.resolvers.follow import Follower
+from retinad.resolvers.follow import FollowedIndex, Follower
 from retinad.resolvers.index import Claim, EndpointIndex
 
 NAMESPACE_HEADER = "containerd-namespace"
@@ -357,7 +357,7 @@ def owner_of(key: NsKey) -> str:
 # --- the resolver ---------------------------------------------------------------------
 
 
-class ContainerdResolver:
+class ContainerdResolver(FollowedIndex):
     """Follows a containerd and names its tasks' network namespaces (module docstring)."""
 
     name = "containerd"
@@ -384,31 +384,6 @@ class ContainerdResolver:
         # session-thread state: (containerd namespace, container id) -> its live task
         self._members: dict[tuple[str, str], Member] = {}
         self._views: dict[NsKey, NetnsView] = {}
-
-    # --- Resolver protocol ------------------------------------------------------------
-
-    def start(self) -> None:
-        self.follower.start()
-
-    def stop(self) -> None:
-        self.follower.stop()
-
-    def by_ip(self, ip: IPAddress) -> Endpoint | None:
-        return self.index.by_ip(ip)
-
-    def by_ifindex(self, ifindex: int) -> Endpoint | None:
-        return self.index.by_ifindex(ifindex)
-
-    @property
-    def up(self) -> bool:
-        return self.follower.up
-
-    @property
-    def alive(self) -> bool:
-        return self.follower.alive
-
-    def size(self) -> int:
-        return len(self.index)
 
     # --- the session (Follower thread) ------------------------------------------------
 

@@ -68,7 +68,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from retinad.kernel.interfaces import link_from_msg
 from retinad.model import Endpoint
 from retinad.resolvers.base import IPAddress, ResolverContext
-from retinad.resolvers.follow import Follower
+from retinad.resolvers.follow import FollowedIndex, Follower
 from retinad.resolvers.index import Claim, EndpointIndex
 
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -235,7 +235,7 @@ class VethFinder:
 # --- the resolver -------------------------------------------------------------------------
 
 
-class DockerResolver:
+class DockerResolver(FollowedIndex):
     """Containers of one Docker engine, kept current from its events (module docstring)."""
 
     name = "docker"
@@ -258,31 +258,6 @@ class DockerResolver:
         self._lock = threading.Lock()
         self._client: Any = None
         self._stream: Any = None
-
-    # --- Resolver protocol ------------------------------------------------------------
-
-    def start(self) -> None:
-        self.follower.start()
-
-    def stop(self) -> None:
-        self.follower.stop()
-
-    def by_ip(self, ip: IPAddress) -> Endpoint | None:
-        return self.index.by_ip(ip)
-
-    def by_ifindex(self, ifindex: int) -> Endpoint | None:
-        return self.index.by_ifindex(ifindex)
-
-    @property
-    def up(self) -> bool:
-        return self.follower.up
-
-    @property
-    def alive(self) -> bool:
-        return self.follower.alive
-
-    def size(self) -> int:
-        return len(self.index)
 
     # --- one session (Follower thread) --------------------------------------------------
 

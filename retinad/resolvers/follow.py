@@ -14,6 +14,10 @@ import random
 import threading
 from collections.abc import Callable
 
+from retinad.model import Endpoint
+from retinad.resolvers.base import IPAddress
+from retinad.resolvers.index import EndpointIndex
+
 
 class Backoff:
     """Exponential backoff with full jitter, capped (0.5 s, 1 s, 2 s ... 30 s)."""
@@ -112,3 +116,34 @@ class Follower:
             delay = self._backoff.next()
             self._log.warning("%s: source lost (%s); retrying in %.1fs", self.name, reason, delay)
             self.stopping.wait(delay)
+
+
+class FollowedIndex:
+    """The Resolver protocol for a resolver that is one EndpointIndex kept current by one
+    Follower (docker, containerd): lookups read the index, health is the follower's."""
+
+    index: EndpointIndex
+    follower: Follower
+
+    def start(self) -> None:
+        self.follower.start()
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+    def by_ip(self, ip: IPAddress) -> Endpoint | None:
+        return self.index.by_ip(ip)
+
+    def by_ifindex(self, ifindex: int) -> Endpoint | None:
+        return self.index.by_ifindex(ifindex)
+
+    @property
+    def up(self) -> bool:
+        return self.follower.up
+
+    @property
+    def alive(self) -> bool:
+        return self.follower.alive
+
+    def size(self) -> int:
+        return len(self.index)

@@ -9,7 +9,8 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.kube_cluster import KubeCluster, wait_for
+from tests.daemon_proc import wait_for
+from tests.kube_cluster import KubeCluster
 
 
 def _kubernetes_endpoints(v1: Any) -> list[str] | None:

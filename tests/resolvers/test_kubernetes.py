@@ -37,7 +37,8 @@ from retinad.resolvers import kube_workload as kw
 from retinad.resolvers import kubernetes as kube
 from retinad.resolvers.base import ResolverContext
 from retinad.resolvers.follow import Backoff
-from tests.kube_cluster import KubeCluster, apiserver_binary_path, ensure_built, wait_for
+from tests.daemon_proc import wait_for
+from tests.kube_cluster import KubeCluster, apiserver_binary_path, ensure_built
 from tests.resolvers.kube_fault_proxy import FaultProxy
 
 NODE = "node-a"

@@ -67,6 +67,45 @@ BAD_CONFIGS = [
     ),
     ('[resolvers]\norder = ["host", "host"]\n', '[resolvers].order[1]: "host" listed twice'),
     (
+        '[resolvers.docker]\nhost = "htp:/nonsense"\n',
+        '[resolvers.docker].host: expected unix:///path or tcp://host:port, got "htp:/nonsense"',
+    ),
+    (
+        '[resolvers.containerd]\naddress = "run/containerd.sock"\n',
+        "[resolvers.containerd].address: expected an absolute socket path, "
+        'got "run/containerd.sock"',
+    ),
+    (
+        "[resolvers.containerd]\nnamespaces = []\n",
+        "[resolvers.containerd].namespaces: expected at least one namespace",
+    ),
+    (
+        '[[resolvers.static.endpoints]]\ncidr = "10.0.0.1/8"\nname = "a"\n',
+        '[resolvers.static.endpoints][0].cidr: 10.0.0.1/8 has host bits set, got "10.0.0.1/8"',
+    ),
+    (
+        '[[resolvers.static.endpoints]]\nname = "a"\n',
+        "[resolvers.static.endpoints][0].cidr: required key is missing",
+    ),
+    (
+        '[[resolvers.static.endpoints]]\ncidr = "fd00::/64"\nname = "a"\nlabels = { a = 1 }\n',
+        "[resolvers.static.endpoints][0].labels.a: expected a string, got 1",
+    ),
+    (
+        '[[resolvers.static.endpoints]]\ncidr = "10.0.0.0/8"\nname = "a"\n'
+        '[[resolvers.static.endpoints]]\ncidr = "10.0.0.0/8"\nname = "b"\n',
+        "[resolvers.static.endpoints][1].cidr: 10.0.0.0/8 is already given by "
+        "[resolvers.static.endpoints][0]",
+    ),
+    (
+        '[[resolvers.static.endpoints]]\ncidr = "10.0.0.0/8"\nname = ""\n',
+        "[resolvers.static.endpoints][0].name: expected a non-empty name",
+    ),
+    (
+        '[resolvers.kubernetes]\nscope = "world"\n',
+        '[resolvers.kubernetes].scope: expected one of "auto", "node", "cluster", got "world"',
+    ),
+    (
         '[log]\nlevel = "verbose"\n',
         '[log].level: expected one of "debug", "info", "warn", "error", got "verbose"',
     ),
