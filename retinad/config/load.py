@@ -24,12 +24,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from retinad.config.schema import Settings
+from retinad.config.schema import RESOLVER_NAMES, Settings
 from retinad.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/retinad/retinad.toml"
-KNOWN_RESOLVERS = ("host", "docker", "containerd", "kubernetes", "static")
-"""Resolver names [resolvers].order accepts in this release."""
+KNOWN_RESOLVERS = RESOLVER_NAMES
+"""Resolver names [resolvers].order accepts in this release (schema.RESOLVER_NAMES)."""
 
 T = TypeVar("T")
 

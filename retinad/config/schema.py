@@ -17,6 +17,11 @@ from typing import Literal
 DEFAULT_PORT = 10095
 """Outside the exhausted 9100-9999 exporter range and not Retina's 10093, so both can run."""
 
+RESOLVER_NAMES = ("host", "docker", "containerd", "kubernetes", "static")
+"""The one table of resolvers: the names [resolvers].order accepts. Each is also the module
+``retinad.resolvers.<name>`` that builds it (resolvers/registry.py derives its table from
+this one, because config/ may not import resolvers/)."""
+
 
 def _bounded(default: int, lo: int, hi: int) -> int:
     return field(default=default, metadata={"min": lo, "max": hi})

@@ -20,6 +20,8 @@ from typing import Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from retinad.metric_names import RESOLVER_ENDPOINTS as RESOLVER_ENDPOINTS
+from retinad.metric_names import RESOLVER_UP as RESOLVER_UP
 from retinad.model import Endpoint
 
 Naming = Literal["prometheus", "retina"]
@@ -205,8 +207,7 @@ MAP_OVERFLOW_PACKETS = "retinad_map_overflow_packets"
 ATTACH_ERRORS = "retinad_attach_errors"
 ATTACHED_INTERFACES = "retinad_attached_interfaces"
 SERIES_DROPPED = "retinad_series_dropped"
-RESOLVER_UP = "retinad_resolver_up"
-RESOLVER_ENDPOINTS = "retinad_resolver_endpoints"
+# RESOLVER_UP, RESOLVER_ENDPOINTS: spelled in retinad/metric_names.py (resolvers/ needs them).
 
 
 def map_gauges(maps: Sequence[tuple[str, int, int]]) -> list[Metric]:

@@ -40,8 +40,9 @@ class ResolverContext:
 class Resolver(Protocol):
     """Maps an IP or a host-side veth ifindex to the endpoint behind it.
 
-    Implementations live in ``retinad/resolvers/<name>.py`` and export
-    ``create(settings: Settings, logger: logging.Logger) -> Resolver``.
+    Implementations live in ``retinad/resolvers/<name>.py`` (``<name>`` as listed in
+    ``config.schema.RESOLVER_NAMES``) and export ``create(ctx: ResolverContext) -> Resolver``;
+    a module may add keyword-only arguments after ``ctx`` for tests (kubernetes' backoff).
     """
 
     name: str

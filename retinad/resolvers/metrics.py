@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from retinad.exporter import naming
+from retinad import metric_names as naming
 from retinad.resolvers.base import ResolverChain
 
 

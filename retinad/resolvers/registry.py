@@ -1,6 +1,9 @@
-"""The explicit table of resolvers: [resolvers].order name -> the module that builds it.
+"""[resolvers].order name -> the module that builds it.
 
-Each module exports ``create(ctx: ResolverContext) -> Resolver``. Modules are imported only
+The names are ``config.schema.RESOLVER_NAMES`` (the config layer validates ``order`` and
+may not import this package), and resolver ``<name>`` lives in ``retinad.resolvers.<name>``,
+so there is one table to extend. Each module exports
+``create(ctx: ResolverContext) -> Resolver``. Modules are imported only
 when listed, so an SDK that is absent or slow to import (docker, kubernetes, grpc) costs
 nothing unless configured.
 """
@@ -10,16 +13,10 @@ from __future__ import annotations
 import importlib
 import logging
 
-from retinad.config.schema import Settings
+from retinad.config.schema import RESOLVER_NAMES, Settings
 from retinad.resolvers.base import ResolverChain, ResolverContext
 
-RESOLVER_MODULES: dict[str, str] = {
-    "host": "retinad.resolvers.host",
-    "docker": "retinad.resolvers.docker",
-    "containerd": "retinad.resolvers.containerd",
-    "kubernetes": "retinad.resolvers.kubernetes",
-    "static": "retinad.resolvers.static",
-}
+RESOLVER_MODULES: dict[str, str] = {name: f"retinad.resolvers.{name}" for name in RESOLVER_NAMES}
 
 
 def build_chain(settings: Settings, logger: logging.Logger) -> ResolverChain:
