@@ -131,21 +131,32 @@ def cmd_check(settings: Settings) -> int:
 
     needed = needed_probes(settings)
     rows = []
-    bad = 0
+    bad = denied = 0
     for probe in run_probes():
         need = probe.name in needed
-        verdict = {"ok": "ok", "info": "info", "missing": "MISSING" if need else "absent"}
+        verdict = {
+            "ok": "ok",
+            "info": "info",
+            "missing": "MISSING" if need else "absent",
+            "denied": "DENIED" if need else "denied",  # no privilege to probe: not absent
+        }
         status = verdict[probe.status]
-        if probe.status == "missing" and need:
+        failed = probe.status in ("missing", "denied")
+        if failed and need:
             bad += 1
-        detail = probe.detail + (
-            f" -> {probe.fix}" if probe.status == "missing" and probe.fix else ""
-        )
+            denied += probe.status == "denied"
+        detail = probe.detail + (f" -> {probe.fix}" if failed and probe.fix else "")
         rows.append((probe.name, status, "yes" if need else "no", detail))
     w = max(len(r[0]) for r in rows)
     print(f"{'CHECK':<{w}}  {'STATUS':<7}  {'NEEDED':<6}  DETAIL")
     for name, status, need_s, detail in rows:
         print(f"{name:<{w}}  {status:<7}  {need_s:<6}  {detail}")
+    if denied:
+        print(
+            f"\nretinad cannot run with this config: {bad - denied} needed item(s) missing, "
+            f"{denied} not probed: privileges missing (see capabilities)."
+        )
+        return EXIT_FAILURE
     if bad:
         print(f"\nretinad cannot run with this config: {bad} needed item(s) missing.")
         return EXIT_FAILURE

@@ -53,4 +53,22 @@ def compile_program(
     try:
         return BPF(src_file=str(src).encode(), cflags=cflags)
     except Exception as err:
-        raise CompileError(f"{src}: bcc could not compile or load it: {err}") from err
+        raise load_failure(src, err) from err
+
+
+def load_failure(src: Path, err: Exception) -> CompileError:
+    """The error to report when bcc fails on ``src``, classified by its cause.
+
+    bcc turns an EPERM from bpf() (a map or program load without CAP_BPF/CAP_PERFMON)
+    into the same "Failed to compile BPF module" as a clang error, printing the EPERM only
+    to stderr; telling the operator to look at the C would send them the wrong way. So
+    the process's capabilities are asked first: lacking ones are the cause, named with
+    how to grant them. Call it in the process that ran bcc (it reads that process's
+    capabilities).
+    """
+    from retinad.kernel.features import bpf_privilege_problem
+
+    problem = bpf_privilege_problem()
+    if problem is not None:
+        return CompileError(f"{src}: cannot load BPF programs: {problem}")
+    return CompileError(f"{src}: bcc could not compile or load it: {err}")

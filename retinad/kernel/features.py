@@ -9,14 +9,18 @@ CI kernel is 6.18 with kprobes compiled out). Probes never attach anything.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
-Status = Literal["ok", "missing", "info"]
+Status = Literal["ok", "missing", "info", "denied"]
+"""ok / missing (the kernel or host lacks it) / info / denied: this process lacks the
+privileges to find out, which says nothing about the kernel."""
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -27,7 +31,20 @@ _PROG_TRACEPOINT = 5
 _PROG_TRACING = 26
 _MAP_RINGBUF = 27
 
-_CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+_CAPS = {
+    "CAP_DAC_READ_SEARCH": 2,
+    "CAP_NET_ADMIN": 12,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
+}
+
+PRIVILEGE_FIX = (
+    "run retinad as root, or grant it CAP_BPF CAP_PERFMON CAP_NET_ADMIN (CAP_SYS_ADMIN "
+    "stands in for the first two): under systemd in the unit's CapabilityBoundingSet= "
+    "(and AmbientCapabilities= when User= is not root), as systemd/retinad.service does"
+)
+"""How to grant what retinad needs; said wherever a missing privilege is found."""
 
 
 @dataclass(frozen=True)
@@ -61,25 +78,60 @@ def _libbpf() -> ctypes.CDLL | None:
         return None
 
 
+class PermissionDenied(Exception):
+    """A probe's bpf() call was refused with EPERM: unknown, not unsupported."""
+
+
+def _probe(fn: Callable[[], int]) -> bool:
+    """Run one libbpf probe; raise PermissionDenied when the kernel said EPERM.
+
+    libbpf reports "not supported" (0) both when the verifier rejects the type and when
+    bpf() refuses an unprivileged caller; only errno tells the two apart (fentry on this
+    project's CI kernel answers EPERM even to root, so callers also check capabilities).
+    """
+    ctypes.set_errno(0)
+    ok = fn() == 1
+    if not ok and ctypes.get_errno() in (errno.EPERM, errno.EACCES):
+        raise PermissionDenied()
+    return ok
+
+
 def prog_type_supported(prog_type: int) -> bool | None:
-    """libbpf_probe_bpf_prog_type: None when libbpf is absent."""
+    """libbpf_probe_bpf_prog_type: None when libbpf is absent; PermissionDenied on EPERM."""
     lib = _libbpf()
     if lib is None:
         return None
-    return bool(lib.libbpf_probe_bpf_prog_type(prog_type, None) == 1)
+    return _probe(lambda: int(lib.libbpf_probe_bpf_prog_type(prog_type, None)))
 
 
 def map_type_supported(map_type: int) -> bool | None:
+    """libbpf_probe_bpf_map_type: None when libbpf is absent; PermissionDenied on EPERM."""
     lib = _libbpf()
     if lib is None:
         return None
-    return bool(lib.libbpf_probe_bpf_map_type(map_type, None) == 1)
+    return _probe(lambda: int(lib.libbpf_probe_bpf_map_type(map_type, None)))
 
 
 def tracefs_dir() -> Path | None:
     for d in TRACEFS_DIRS:
-        if (d / "events").is_dir():
-            return d
+        try:
+            if (d / "events").is_dir():
+                return d
+        except PermissionError:  # mounted but root-only (mode 0700): see tracefs_denied
+            continue
+    return None
+
+
+def tracefs_denied() -> Path | None:
+    """The tracefs ``events`` directory that exists but this process may not read (tracefs
+    is mode 0700, root's: another uid needs CAP_DAC_READ_SEARCH), or None."""
+    for d in TRACEFS_DIRS:
+        try:
+            (d / "events").stat()
+        except PermissionError:
+            return d / "events"
+        except OSError:
+            continue
     return None
 
 
@@ -116,7 +168,10 @@ def has_kprobes() -> bool:
 
 def has_fentry() -> bool:
     """BPF_PROG_TYPE_TRACING (fentry/fexit) loads; EPERM/absent kernels say no."""
-    return bool(prog_type_supported(_PROG_TRACING))
+    try:
+        return bool(prog_type_supported(_PROG_TRACING))
+    except PermissionDenied:
+        return False
 
 
 def has_tcx() -> bool:
@@ -142,6 +197,41 @@ def effective_caps() -> set[str]:
     return set()
 
 
+def lacking_capabilities(caps: set[str] | None = None) -> list[str]:
+    """The capabilities retinad needs that ``caps`` (default: this process's effective
+    set) lacks: CAP_NET_ADMIN (tc attach over netlink) and CAP_BPF + CAP_PERFMON (load
+    programs and maps; tracepoints and reads of kernel memory), for which CAP_SYS_ADMIN
+    stands in (as it does on kernels before 5.8, which have neither)."""
+    caps = effective_caps() if caps is None else caps
+    lacking = [] if "CAP_NET_ADMIN" in caps else ["CAP_NET_ADMIN"]
+    if "CAP_SYS_ADMIN" not in caps:
+        lacking += [c for c in ("CAP_BPF", "CAP_PERFMON") if c not in caps]
+    return sorted(lacking)
+
+
+def bpf_privilege_problem() -> str | None:
+    """Why this process may not load retinad's BPF programs, or None when it has what it
+    needs. Asked when bcc fails, because bcc reports an EPERM map or program load only as
+    "Failed to compile BPF module" (and prints the EPERM to stderr)."""
+    lacking = lacking_capabilities()
+    if not lacking:
+        return None
+    return (
+        f"privileges missing: this process lacks {', '.join(lacking)}, so the kernel "
+        f"refuses bpf() with EPERM; {PRIVILEGE_FIX}"
+    )
+
+
+def _denied(name: str, needs: str) -> Probe:
+    """The row of a probe that could not run for lack of privileges."""
+    return Probe(
+        name,
+        "denied",
+        f"not probed: bpf() refused (EPERM) without {needs}; a missing capability, "
+        "not a missing kernel feature (see capabilities)",
+    )
+
+
 def bcc_version() -> str | None:
     try:
         import bcc
@@ -150,7 +240,15 @@ def bcc_version() -> str | None:
     return str(getattr(bcc, "__version__", "unknown"))
 
 
-def _yes(ok: bool | None, name: str, yes: str, no: str, fix: str = "") -> Probe:
+def _yes(
+    probe: Callable[[], bool | None], name: str, yes: str, no: str, *, needs: str, fix: str = ""
+) -> Probe:
+    """A kernel-feature row from a libbpf probe; ``needs`` names the capabilities the probe
+    itself requires, so an EPERM reads as "denied", never as "missing"."""
+    try:
+        ok = probe()
+    except PermissionDenied:
+        return _denied(name, needs)
     if ok is None:
         return Probe(name, "missing", "libbpf.so.1 not found", "install libbpf1 (comes with bcc)")
     return Probe(name, "ok", yes) if ok else Probe(name, "missing", no, fix)
@@ -198,19 +296,28 @@ def run_probes() -> list[Probe]:
         )
     )
     tdir = tracefs_dir()
+    tdenied = None if tdir else tracefs_denied()
     add(
         Probe("tracefs", "ok", str(tdir))
         if tdir
+        else Probe(
+            "tracefs",
+            "denied",
+            f"{tdenied}: permission denied (tracefs is root's, mode 0700; another uid needs "
+            "CAP_DAC_READ_SEARCH); mounted, so a missing privilege, not a missing feature",
+        )
+        if tdenied
         else Probe(
             "tracefs", "missing", "not mounted", "mount -t tracefs tracefs /sys/kernel/tracing"
         )
     )
     add(
         _yes(
-            prog_type_supported(_PROG_SCHED_CLS),
+            lambda: prog_type_supported(_PROG_SCHED_CLS),
             "tc",
             "sched_cls programs load",
             "sched_cls rejected",
+            needs="CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
         )
     )
     add(
@@ -220,15 +327,22 @@ def run_probes() -> list[Probe]:
     )
     add(
         _yes(
-            prog_type_supported(_PROG_TRACEPOINT),
+            lambda: prog_type_supported(_PROG_TRACEPOINT),
             "tracepoints",
             "tracepoint programs load",
             "tracepoint programs rejected",
+            needs="CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
         )
     )
     add(
         Probe("kfree_skb_reason", "ok", "skb:kfree_skb has a reason field")
         if tracepoint_has_field("skb", "kfree_skb", "reason")
+        else Probe(
+            "kfree_skb_reason",
+            "denied",
+            "not probed: tracefs is not readable by this process",
+        )
+        if tdenied
         else Probe(
             "kfree_skb_reason",
             "missing",
@@ -238,12 +352,19 @@ def run_probes() -> list[Probe]:
     )
     add(
         _yes(
-            map_type_supported(_MAP_RINGBUF), "ringbuf", "BPF ring buffer", "no ring buffer (5.8+)"
+            lambda: map_type_supported(_MAP_RINGBUF),
+            "ringbuf",
+            "BPF ring buffer",
+            "no ring buffer (5.8+)",
+            needs="CAP_BPF (or CAP_SYS_ADMIN)",
         )
     )
+    bpf_lacking = [c for c in lacking_capabilities() if c != "CAP_NET_ADMIN"]
     add(
         Probe("kprobes", "ok", "kprobe_events present")
         if has_kprobes()
+        else Probe("kprobes", "info", "not probed: tracefs is not readable by this process")
+        if tdenied
         else Probe(
             "kprobes",
             "info",
@@ -253,19 +374,22 @@ def run_probes() -> list[Probe]:
     add(
         Probe("fentry", "ok", "fentry/fexit programs load")
         if has_fentry()
+        # fentry answers EPERM even to root on some kernels: only a lacking capability
+        # makes that EPERM a privilege problem
+        else Probe("fentry", "info", f"not probed: lacking {', '.join(bpf_lacking)}")
+        if bpf_lacking
         else Probe("fentry", "info", "unavailable: dropreason uses the tracepoint only")
     )
     caps = effective_caps()
-    need = {"CAP_NET_ADMIN"} | ({"CAP_SYS_ADMIN"} if "CAP_BPF" not in caps else set())
-    lacking = sorted(need - caps)
+    lacking = lacking_capabilities(caps)
     add(
         Probe("capabilities", "ok", ", ".join(sorted(caps)))
         if not lacking
         else Probe(
             "capabilities",
             "missing",
-            f"lacking {', '.join(lacking)}",
-            "run as root or with CAP_BPF CAP_PERFMON CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+            f"privileges missing: lacking {', '.join(lacking)}",
+            PRIVILEGE_FIX,
         )
     )
     sock = Path("/var/run/docker.sock")

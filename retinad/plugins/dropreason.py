@@ -46,6 +46,7 @@ from retinad.kernel.abi import (
 from retinad.kernel.btf import VMLINUX_BTF, Btf
 from retinad.kernel.compile import compile_program
 from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames, load_names
+from retinad.kernel.features import PRIVILEGE_FIX, tracefs_denied
 from retinad.kernel.maps import BatchReader, possible_cpus
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
 from retinad.plugins.base import PluginContext
@@ -181,6 +182,14 @@ class DropReasonPlugin:
         from bcc import BPF
 
         if not BPF.tracepoint_exists("skb", "kfree_skb"):
+            denied = tracefs_denied()
+            if denied is not None:  # bcc reads tracefs as a file: "not found" hides EACCES
+                raise AttachError(
+                    f"tracepoint {TRACEPOINT}: {denied}: permission denied: privileges "
+                    "missing (tracefs is root's, mode 0700; another uid needs "
+                    f"CAP_DAC_READ_SEARCH); {PRIVILEGE_FIX}",
+                    reason="permission",
+                )
             raise AttachError(
                 f"tracepoint {TRACEPOINT} not found under /sys/kernel/tracing/events "
                 "(is tracefs mounted?)",
