@@ -1,4 +1,4 @@
-"""docs/METRICS.md names every metric naming.py defines, in both namings."""
+"""docs/METRICS.md names every metric naming.py defines, in both namings, and every map."""
 
 from __future__ import annotations
 
@@ -30,3 +30,13 @@ def test_every_self_metric_is_documented() -> None:
         naming.RESOLVER_ENDPOINTS,
     ):
         assert f"`{name}`" in DOC, name
+
+
+def test_every_map_is_documented() -> None:
+    """Each value the ``map`` label takes, and the BPF map behind it, has a row."""
+    from retinad.plugins import dropreason, packetparser
+
+    maps = {**packetparser.MAP_LABELS, dropreason.MAP_NAME: dropreason.MAP_NAME}
+    assert len(maps) == 4
+    for bpf_name, label in maps.items():
+        assert f"| `{label}` | `{bpf_name}` |" in DOC, label
