@@ -5,7 +5,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev lint typecheck pytest check clean
+.PHONY: run test setup setup-dev lint typecheck pytest check clean man
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,11 @@ pytest: setup-dev
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# man/retinad.8 and completions/{retinad.bash,_retinad} from the argparse definition
+# (committed; tests/unit/test_cli_docs.py fails when they are stale)
+man: setup-dev
+	$(BIN)/python scripts/gen_cli_docs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

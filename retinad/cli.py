@@ -1,4 +1,5 @@
-"""Command line: ``retinad [flags] [run|check|check-config [FILE]]``, node_exporter style.
+"""Command line: ``retinad [flags] [run|check|check-config [FILE]|print-default-config]``,
+node_exporter style.
 
 Flags override the config file. Exit codes: 0 ok, 1 runtime failure (cannot start, check
 found something missing), 2 bad configuration or usage.
@@ -16,6 +17,7 @@ from pathlib import Path
 from retinad import __version__
 from retinad.config.load import (
     DEFAULT_CONFIG_PATH,
+    default_config_text,
     load_config,
     load_default_config,
     parse_listen_address,
@@ -26,6 +28,7 @@ from retinad.logs import LEVELS, setup_logging
 from retinad.plugins.registry import PLUGIN_NAMES
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+COMMANDS = ["run", "check", "check-config", "print-default-config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="retinad",
         description="eBPF network observability for Linux hosts, as Prometheus metrics.",
         epilog="commands: run (default) serves metrics; check probes this host for what the "
-        "config needs; check-config [FILE] validates a config file and exits.",
+        "config needs; check-config [FILE] validates a config file and exits; "
+        "print-default-config prints the embedded default config (every key, commented).",
     )
-    p.add_argument("command", nargs="?", default="run", choices=["run", "check", "check-config"])
+    p.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=COMMANDS,
+        help="what to do (default: run)",
+    )
     p.add_argument("file", nargs="?", help="config file for check-config")
     p.add_argument("--version", action="version", version=f"retinad {__version__}")
     p.add_argument(
@@ -57,10 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="exporter-toolkit web config (TLS, basic auth)",
     )
-    p.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH")
-    p.add_argument("--web.max-requests", dest="max_requests", type=int, metavar="N")
-    p.add_argument("--log.level", dest="log_level", choices=list(LEVELS))
-    p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"])
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="path under which metrics are served (default /metrics)",
+    )
+    p.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        metavar="N",
+        help="concurrent scrapes allowed, 0 = no limit (default 40)",
+    )
+    p.add_argument(
+        "--log.level", dest="log_level", choices=list(LEVELS), help="log level (default info)"
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=["logfmt", "json"],
+        help="log format (default logfmt)",
+    )
     for name in PLUGIN_NAMES:
         p.add_argument(
             f"--collector.{name}",
@@ -183,6 +211,9 @@ def needed_probes(settings: Settings) -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "print-default-config":
+        sys.stdout.write(default_config_text())
+        return EXIT_OK
     try:
         if args.command == "check-config":
             return cmd_check_config(args)

@@ -46,10 +46,15 @@ def load_config(path: str | Path) -> Settings:
     return parse_config(text, source=str(p))
 
 
+def default_config_text() -> str:
+    """The embedded default config (retinad/default.toml) as shipped, comments included:
+    what ``retinad print-default-config`` prints."""
+    return resources.files("retinad").joinpath("default.toml").read_text(encoding="utf-8")
+
+
 def load_default_config() -> Settings:
     """The embedded default config shipped inside the package (retinad/default.toml)."""
-    text = resources.files("retinad").joinpath("default.toml").read_text(encoding="utf-8")
-    return parse_config(text, source="<embedded default config>")
+    return parse_config(default_config_text(), source="<embedded default config>")
 
 
 def parse_config(text: str, *, source: str) -> Settings:
