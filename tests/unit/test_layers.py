@@ -112,3 +112,24 @@ def test_the_contract_can_fail(tmp_path: Path, where: str, source: str, expected
     mod.write_text(source)
     (found,) = violations(tmp_path / "retinad")
     assert found.startswith(f"retinad/{where}:") and expected in found, found
+
+
+def test_one_resolver_table() -> None:
+    """config.schema.RESOLVER_NAMES is the table: each name is a resolvers/ module with a
+    top-level ``create``, every such module is listed, and the registry and the loader
+    both read it (read from the AST, so no SDK is imported)."""
+    from retinad.config.load import KNOWN_RESOLVERS
+    from retinad.config.schema import RESOLVER_NAMES
+    from retinad.resolvers.registry import RESOLVER_MODULES
+
+    with_create = {
+        path.stem
+        for path in (PACKAGE / "resolvers").glob("*.py")
+        if any(
+            isinstance(node, ast.FunctionDef) and node.name == "create"
+            for node in ast.parse(path.read_text()).body
+        )
+    }
+    assert with_create == set(RESOLVER_NAMES)
+    assert KNOWN_RESOLVERS is RESOLVER_NAMES
+    assert {n: f"retinad.resolvers.{n}" for n in RESOLVER_NAMES} == RESOLVER_MODULES
