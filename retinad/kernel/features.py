@@ -241,14 +241,29 @@ def bcc_version() -> str | None:
 
 
 def _yes(
-    probe: Callable[[], bool | None], name: str, yes: str, no: str, *, needs: str, fix: str = ""
+    probe: Callable[[], bool | None],
+    name: str,
+    yes: str,
+    no: str,
+    *,
+    needs: tuple[str, ...],
+    fix: str = "",
 ) -> Probe:
-    """A kernel-feature row from a libbpf probe; ``needs`` names the capabilities the probe
-    itself requires, so an EPERM reads as "denied", never as "missing"."""
+    """A kernel-feature row from a libbpf probe; ``needs`` are the capabilities the probe
+    itself requires (CAP_SYS_ADMIN stands in for each), so an EPERM for lack of them reads
+    as "denied", never as "missing"."""
     try:
         ok = probe()
     except PermissionDenied:
-        return _denied(name, needs)
+        caps = effective_caps()
+        if "CAP_SYS_ADMIN" not in caps and not set(needs) <= caps:
+            return _denied(name, " and ".join(needs) + " (or CAP_SYS_ADMIN)")
+        return Probe(
+            name,
+            "missing",
+            f"{no}: bpf() answered EPERM although this process has {', '.join(needs)} "
+            "(kernel lockdown, an LSM or a seccomp filter?)",
+        )
     if ok is None:
         return Probe(name, "missing", "libbpf.so.1 not found", "install libbpf1 (comes with bcc)")
     return Probe(name, "ok", yes) if ok else Probe(name, "missing", no, fix)
@@ -317,7 +332,7 @@ def run_probes() -> list[Probe]:
             "tc",
             "sched_cls programs load",
             "sched_cls rejected",
-            needs="CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+            needs=("CAP_BPF", "CAP_NET_ADMIN"),
         )
     )
     add(
@@ -331,7 +346,7 @@ def run_probes() -> list[Probe]:
             "tracepoints",
             "tracepoint programs load",
             "tracepoint programs rejected",
-            needs="CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+            needs=("CAP_BPF", "CAP_PERFMON"),
         )
     )
     add(
@@ -356,7 +371,7 @@ def run_probes() -> list[Probe]:
             "ringbuf",
             "BPF ring buffer",
             "no ring buffer (5.8+)",
-            needs="CAP_BPF (or CAP_SYS_ADMIN)",
+            needs=("CAP_BPF",),
         )
     )
     bpf_lacking = [c for c in lacking_capabilities() if c != "CAP_NET_ADMIN"]
