@@ -143,3 +143,41 @@ def test_daemon_as_an_ordinary_user_says_privileges(config: Path) -> None:
         "denied: privileges missing"
     ) in p.stderr, p.stderr
     assert "is tracefs mounted" not in p.stderr
+
+
+SECCOMP_EXEC = """
+import ctypes, os, struct, sys
+# A seccomp filter answering EPERM to bpf(2) (x86_64 nr 321) and allowing the rest: the
+# kernel refuses bpf() to a process that has every capability, as lockdown or an LSM would.
+code = [(0x20, 0, 0, 0), (0x15, 0, 1, 321), (0x06, 0, 0, 0x00050001), (0x06, 0, 0, 0x7FFF0000)]
+buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in code))
+prog = struct.pack("HxxxxxxQ", len(code), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(prog), 0, 0) == 0, ctypes.get_errno()
+os.execv(sys.executable, [sys.executable, "-m", "retinad", *sys.argv[1:]])
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter uses x86_64's bpf nr")
+def test_eperm_with_every_capability_is_not_called_a_privilege_problem() -> None:
+    p = subprocess.run(
+        [sys.executable, "-c", SECCOMP_EXEC, "check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert p.returncode == 1, p.stdout + p.stderr
+    t = rows(p.stdout)
+    assert t["capabilities"][0] == "ok"
+    assert t["tc"] == (
+        "MISSING",
+        "yes",
+        "sched_cls rejected: bpf() answered EPERM although this process has CAP_BPF, "
+        "CAP_NET_ADMIN (kernel lockdown, an LSM or a seccomp filter?)",
+    )
+    assert (
+        t["ringbuf"][:2] == ("absent", "no")
+        and "although this process has CAP_BPF" in (t["ringbuf"][2])
+    )
