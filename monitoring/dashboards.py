@@ -51,7 +51,8 @@ def build(naming: Naming) -> dict[str, Json]:
             "namespace",
             "Namespace",
             "label_values(<EP_BYTES>{" + I + "}, namespace)",
-            multi=False,
+            # "All" (.*) also matches the empty namespace of hosts and plain containers.
+            multi=True,
         ),
         query_variable(
             "name",
