@@ -1,4 +1,5 @@
-"""Command line: ``retinad [flags] [run|check|check-config [FILE]]``, node_exporter style.
+"""Command line: ``retinad [flags] [run|check|check-config [FILE]]``, node_exporter style;
+``retinad top [flags]`` is a client of a running daemon with flags of its own (retinad/top).
 
 Flags override the config file. Exit codes: 0 ok, 1 runtime failure (cannot start, check
 found something missing), 2 bad configuration or usage.
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="retinad",
         description="eBPF network observability for Linux hosts, as Prometheus metrics.",
         epilog="commands: run (default) serves metrics; check probes this host for what the "
-        "config needs; check-config [FILE] validates a config file and exits.",
+        "config needs; check-config [FILE] validates a config file and exits; top shows a "
+        "running daemon live (retinad top --help).",
     )
     p.add_argument("command", nargs="?", default="run", choices=["run", "check", "check-config"])
     p.add_argument("file", nargs="?", help="config file for check-config")
@@ -171,6 +173,11 @@ def needed_probes(settings: Settings) -> set[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["top"]:
+        from retinad.top.app import main as top_main
+
+        return top_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check-config":
