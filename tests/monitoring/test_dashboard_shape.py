@@ -63,3 +63,15 @@ def test_validator_finds_each_breakage(break_it: Any, message: str) -> None:
     break_it(dash)
     found = problems(dash)
     assert any(message in p for p in found), found
+
+
+def test_readme_names_every_panel_and_alert() -> None:
+    from monitoring.rules import ALERTS
+
+    readme = (Path(__file__).parents[2] / "monitoring" / "README.md").read_text()
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            if panel["type"] != "row":
+                assert f"| {panel['title']} |" in readme, f"{path.name}: {panel['title']}"
+    for alert in ALERTS:
+        assert f"| {alert.name} |" in readme and f"**{alert.name}" in readme, alert.name
