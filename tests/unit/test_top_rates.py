@@ -10,6 +10,7 @@ import pytest
 from retinad.top.rates import build_report, quantile, sort_endpoints
 from retinad.top.scrape import parse
 
+DROPS = "retinad_endpoint_drop_packets_total"
 EP = 'namespace="shop",name="{n}",workload_kind="Deployment",workload_name="{n}"'
 
 BEFORE = f"""
@@ -18,7 +19,7 @@ retinad_forward_bytes_total{{direction="egress"}} 500
 retinad_endpoint_forward_bytes_total{{direction="ingress",{EP.format(n="web")}}} 1000
 retinad_endpoint_forward_bytes_total{{direction="egress",{EP.format(n="web")}}} 500
 retinad_endpoint_forward_packets_total{{direction="ingress",{EP.format(n="web")}}} 10
-retinad_endpoint_drop_packets_total{{reason="NO_SOCKET",direction="ingress",{EP.format(n="db")}}} 900
+{DROPS}{{reason="NO_SOCKET",direction="ingress",{EP.format(n="db")}}} 900
 retinad_scrape_collector_success{{collector="packetparser"}} 1
 retinad_handshake_latency_seconds_bucket{{target="api",le="0.01"}} 0
 retinad_handshake_latency_seconds_bucket{{target="api",le="0.1"}} 0
@@ -32,7 +33,7 @@ retinad_endpoint_forward_bytes_total{{direction="ingress",{EP.format(n="web")}}}
 retinad_endpoint_forward_bytes_total{{direction="egress",{EP.format(n="web")}}} 900
 retinad_endpoint_forward_packets_total{{direction="ingress",{EP.format(n="web")}}} 30
 retinad_endpoint_forward_bytes_total{{direction="ingress",{EP.format(n="new")}}} 7777
-retinad_endpoint_drop_packets_total{{reason="NO_SOCKET",direction="ingress",{EP.format(n="db")}}} 40
+{DROPS}{{reason="NO_SOCKET",direction="ingress",{EP.format(n="db")}}} 40
 retinad_scrape_collector_success{{collector="packetparser"}} 0
 retinad_handshake_latency_seconds_bucket{{target="api",le="0.01"}} 50
 retinad_handshake_latency_seconds_bucket{{target="api",le="0.1"}} 100
