@@ -145,5 +145,9 @@ def test_every_rule_evaluates_on_real_data(stack: Stack, prometheus: Prometheus)
     for r in rules:
         if r["type"] == "recording":
             assert prometheus.instant(r["name"]), f"{r['name']} records nothing"
+        elif r["name"] == "RetinadHighDropRate":
+            # dropreason counts the whole host's drops, other processes' too: it may be
+            # pending, but nothing on this host drops 100/s for the 10 minutes it waits.
+            assert r["state"] in ("inactive", "pending"), r
         else:
             assert r["state"] == "inactive", r
