@@ -20,11 +20,11 @@ check: setup
 	$(BIN)/retinad check $(ARGS)
 
 lint: setup-dev
-	$(BIN)/ruff check retinad tests
-	$(BIN)/ruff format --check retinad tests
+	$(BIN)/ruff check retinad tests monitoring
+	$(BIN)/ruff format --check retinad tests monitoring
 
 typecheck: setup-dev
-	$(BIN)/mypy retinad
+	$(BIN)/mypy retinad monitoring
 
 pytest: setup-dev
 	$(BIN)/pytest tests $(PYTEST_ARGS)

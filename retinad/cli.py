@@ -1,5 +1,6 @@
 """Command line: ``retinad [flags] [run|check|check-config [FILE]|print-default-config]``,
-node_exporter style.
+node_exporter style; ``retinad top [flags]`` is a client of a running daemon with flags of its
+own (retinad/top).
 
 Flags override the config file. Exit codes: 0 ok, 1 runtime failure (cannot start, check
 found something missing), 2 bad configuration or usage.
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="eBPF network observability for Linux hosts, as Prometheus metrics.",
         epilog="commands: run (default) serves metrics; check probes this host for what the "
         "config needs; check-config [FILE] validates a config file and exits; "
-        "print-default-config prints the embedded default config (every key, commented).",
+        "print-default-config prints the embedded default config (every key, commented); "
+        "top shows a running daemon live (retinad top --help).",
     )
     p.add_argument(
         "command",
@@ -210,6 +212,11 @@ def needed_probes(settings: Settings) -> set[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["top"]:
+        from retinad.top.app import main as top_main
+
+        return top_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "print-default-config":
         sys.stdout.write(default_config_text())

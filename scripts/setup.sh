@@ -14,7 +14,8 @@
 #      installed editable plus its dev tools.
 #   5. with --dev: docker.io (dockerd, containerd, ctr), busybox-static and etcd-server for
 #      the resolver tests, and a kube-apiserver built from Debian's kubernetes source
-#      (scripts/build-kube-apiserver.sh; cached).
+#      (scripts/build-kube-apiserver.sh; cached); tmux, the pseudo-terminal `retinad top`
+#      is tested in.
 # Usage: scripts/setup.sh [--dev]     (--dev also installs the test and lint tools)
 set -euo pipefail
 
@@ -32,7 +33,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
 apt_pkgs=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 iproute2 iptables nftables procps
           ethtool openssl make)
-[ "$dev" = 1 ] && apt_pkgs+=(prometheus bpftool docker.io busybox-static etcd-server)
+[ "$dev" = 1 ] && apt_pkgs+=(prometheus bpftool docker.io busybox-static etcd-server tmux)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -11,7 +11,7 @@ higher one, and the packages of one layer never import each other:
     1  config/
     2  kernel/
     3  exporter/ | resolvers/      (not each other)
-    4  plugins/
+    4  plugins/ | top/             (not each other; top/ is a client of a running daemon)
     5  daemon/
     6  cli
     7  __main__
@@ -37,6 +37,7 @@ LAYER: dict[str, int] = {
     "exporter": 3,
     "resolvers": 3,
     "plugins": 4,
+    "top": 4,
     "daemon": 5,
     "cli": 6,
     "__main__": 7,

@@ -1,0 +1,171 @@
+"""A real retinad with steady traffic and drops made by the test, for the monitoring tests.
+
+Two network namespaces (web and db) each sit behind a veth whose host side is one of
+retinad's host interfaces. On a host interface the local endpoint is the host's address,
+so the static resolver names the two host-side addresses shop/frontend and shop/batch and
+the namespaces' addresses shop/web and shop/db (their peers in remote context): endpoint
+labels are what an operator's would be. A sender in the root namespace runs until the
+stack stops, 10 rounds a second:
+
+* frontend -> web: 8 UDP datagrams to a sink on port 9, one TCP connection to a listener
+  on 8080 (SYN, ACK, PSH, FIN) and one to closed port 81 (SYN answered by RST);
+* batch -> db: 1 UDP datagram to its sink, 2 to port 5000 that an iptables rule in db
+  drops (NETFILTER_DROP, ingress), one TCP connect to closed port 81.
+
+So frontend leads batch on bytes and packets and db leads web on drops, each by 2x or
+more: robust to a loaded machine.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.daemon_proc import DaemonProcess, NotifySocket, http_get
+from tests.netns import Netns, VethLink, veth_to
+
+SINK = """
+import socket, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 9))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 8080)); t.listen(64)
+def tcp():
+    while True:
+        c, _ = t.accept(); c.recv(4096); c.close()
+threading.Thread(target=tcp, daemon=True).start()
+while True:
+    u.recv(65536)
+"""
+
+SENDER = """
+import socket, sys, time
+web, db = sys.argv[1], sys.argv[2]
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def connect(ip, port, data):
+    s = socket.socket(); s.settimeout(1)
+    try:
+        s.connect((ip, port)); s.sendall(data)
+    except OSError:
+        pass
+    s.close()
+while True:
+    for _ in range(8):
+        u.sendto(b"w" * 100, (web, 9))
+    u.sendto(b"d" * 100, (db, 9))
+    for _ in range(2):
+        u.sendto(b"x" * 100, (db, 5000))
+    connect(web, 8080, b"GET / HTTP/1.0\\r\\n\\r\\n")
+    connect(web, 81, b"")
+    connect(db, 81, b"")
+    time.sleep(0.1)
+"""
+
+
+@dataclass
+class Stack:
+    naming: str
+    port: int
+    daemon: DaemonProcess
+    web: VethLink
+    db: VethLink
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def scrape(self) -> str:
+        status, body = http_get(self.url)
+        assert status == 200, body
+        return body
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(naming: str, port: int, web: VethLink, db: VethLink, extra: str = "") -> str:
+    return f"""
+[web]
+listen_address = ["127.0.0.1:{port}"]
+{extra}
+[metrics]
+mode = "advanced"
+naming = "{naming}"
+[packetparser]
+container_interfaces = false
+remote_context = true
+[packetparser.interfaces]
+include = ["{web.host}", "{db.host}"]
+[resolvers]
+order = ["static", "host"]
+[[resolvers.static.endpoints]]
+cidr = "{web.host_ip}/32"
+namespace = "shop"
+name = "frontend"
+workload_kind = "Deployment"
+workload_name = "frontend"
+[[resolvers.static.endpoints]]
+cidr = "{db.host_ip}/32"
+namespace = "shop"
+name = "batch"
+workload_kind = "CronJob"
+workload_name = "batch"
+[[resolvers.static.endpoints]]
+cidr = "{web.peer_ip}/32"
+namespace = "shop"
+name = "web"
+workload_kind = "Deployment"
+workload_name = "web"
+[[resolvers.static.endpoints]]
+cidr = "{db.peer_ip}/32"
+namespace = "shop"
+name = "db"
+workload_kind = "StatefulSet"
+workload_name = "db"
+"""
+
+
+@contextmanager
+def running_stack(naming: str, workdir: Path, web_extra: str = "") -> Iterator[Stack]:
+    """retinad in ``naming`` with the traffic above flowing; everything removed after."""
+    nets = [f"10.{100 + secrets.randbelow(150)}.{secrets.randbelow(256)}" for _ in "ab"]
+    namespaces = [Netns(), Netns()]
+    procs: list[subprocess.Popen[bytes]] = []
+    daemon: DaemonProcess | None = None
+    notify = NotifySocket(workdir / "notify.sock")
+    try:
+        web, db = (
+            veth_to(ns, host_ip=f"{net}.1", peer_ip=f"{net}.2")
+            for ns, net in zip(namespaces, nets, strict=True)
+        )
+        db.ns.run("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5000", "-j", "DROP")
+        for link in (web, db):
+            procs.append(link.ns.popen([sys.executable, "-c", SINK]))
+        port = _free_port()
+        cfg = workdir / "retinad.toml"
+        cfg.write_text(config(naming, port, web, db, web_extra))
+        daemon = DaemonProcess(
+            ["--config.file", str(cfg)], workdir=workdir, env={"NOTIFY_SOCKET": str(notify.path)}
+        )
+        notify.wait_for("READY=1", timeout=180)
+        procs.append(subprocess.Popen([sys.executable, "-c", SENDER, web.peer_ip, db.peer_ip]))
+        yield Stack(naming, port, daemon, web, db)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        notify.close()
+        if daemon is not None:
+            rc = daemon.stop()
+            if rc != 0:
+                print(daemon.log, file=sys.stderr)
+        for ns in namespaces:
+            ns.close()  # takes the veths and the iptables rule with it
