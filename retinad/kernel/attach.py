@@ -100,9 +100,7 @@ class _ProgQueryAttr(ctypes.Structure):
     ]
 
 
-def tcx_link_create(
-    prog_fd: int, ifindex: int, attach_type: int, flags: int = BPF_F_BEFORE
-) -> int:
+def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = BPF_F_BEFORE) -> int:
     """Create a tcx link; returns its fd.
 
     By default first on the hook (BPF_F_BEFORE, relative to nothing): in tcx a program that

@@ -44,6 +44,7 @@ from retinad.plugins.packetparser_metrics import (
     endpoint_families,
     endpoint_overflow,
     endpoint_records,
+    note_container_addresses,
     overflow_packets,
     remote_families,
     remote_overflow,
@@ -247,6 +248,8 @@ class PacketParser:
             cap=self.ctx.series.max_endpoint_series,
             overflow=overflow(metrics),
             take=take,
+            # worst case per label set: packets, bytes and (endpoint map) every TCP flag
+            series_per_labels=2 + (abi.TCP_NFLAGS if name == "pp_endpoint" else 0),
         )
 
     @staticmethod
@@ -355,6 +358,8 @@ class PacketParser:
                 container_ifindexes=containers,
             )
             totals: _Totals = {}
+            if self._ledgers:
+                note_container_addresses(reading, self.ctx.resolver)
             for name, ledger in self._ledgers.items():
                 named = endpoint_records if name == "pp_endpoint" else remote_records
                 records: list[Record] = named(reading, self.ctx.resolver, metrics)

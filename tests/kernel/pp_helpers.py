@@ -97,10 +97,12 @@ def make_plugin(
     *,
     resolver: Any = None,
     metrics: MetricsSettings | None = None,
+    resolvers: list[Any] | None = None,
 ) -> PacketParser:
+    """The plugin over a chain of ``resolvers`` (in order), or of ``resolver`` alone."""
     ctx = PluginContext(
         metrics=metrics or MetricsSettings(),
-        resolver=ResolverChain([resolver or StaticResolver()]),
+        resolver=ResolverChain(resolvers or [resolver or StaticResolver()]),
         bpf_dir=find_bpf_dir(),
         logger=logging.getLogger("retinad.packetparser"),
     )

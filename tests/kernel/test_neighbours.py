@@ -18,7 +18,6 @@ from retinad.kernel.attach import (
     BPF_TCX_EGRESS,
     BPF_TCX_INGRESS,
     CLSACT_PARENT,
-
     Hook,
     tcx_link_create,
     tcx_prog_ids,
@@ -140,7 +139,8 @@ def test_clsact_first_beside_a_verdict_filter_at_prio_1(veth: VethLink) -> None:
             ipr.tc("add-filter", "bpf", idx, 1, fd=first.fd, name="cilium_like",
                    parent=CLSACT_PARENT[hook], prio=1, classid=1, direct_action=True)  # fmt: skip
             ipr.tc("add-filter", "bpf", idx, 1, fd=last.fd, name="late_policy",
-                   parent=CLSACT_PARENT[hook], prio=49152, classid=1, direct_action=True)  # fmt: skip
+                   parent=CLSACT_PARENT[hook], prio=49152, classid=1,
+                   direct_action=True)  # fmt: skip
     pp = make_plugin(settings_for(veth, "clsact"))
     pp.start()
     try:
