@@ -83,19 +83,19 @@ def role_of(
 ) -> Role | None:
     """The role ``link`` gets under these settings, or None to leave it alone.
 
-    exclude wins over everything (an operator who excludes a name never wants it touched);
-    a name matched by include is a host interface even if it is a container veth; with no
-    include, every interface that is up, not loopback and not a container veth is a host
-    interface; container veths are containers when container_interfaces is on.
+    Host interfaces: a name matched by include (even a container veth: the operator named
+    it), or with no include every interface that is up, not loopback and not a container
+    veth; exclude then removes names from those (CONFIG.md: "removed from what include
+    selected"). Container veths are containers when container_interfaces is on, whatever
+    exclude says: exclude trims host interfaces only.
     """
-    if _matches(link.name, selection.exclude):
-        return None
     if selection.include:
-        if _matches(link.name, selection.include):
-            return Role.HOST
-    elif link.up and not link.loopback and not link.container_veth:
+        host = _matches(link.name, selection.include)
+    else:
+        host = link.up and not link.loopback and not link.container_veth
+    if host and not _matches(link.name, selection.exclude):
         return Role.HOST
-    if container_interfaces and link.container_veth:
+    if container_interfaces and link.container_veth and not host:
         return Role.CONTAINER
     return None
 

@@ -45,9 +45,15 @@ def test_include_that_matches_nothing_still_takes_container_veths() -> None:
     assert select_interfaces(ALL, sel, container_interfaces=True) == {5: Role.CONTAINER}
 
 
-def test_exclude_wins_for_hosts_and_containers() -> None:
+def test_exclude_trims_host_interfaces_only() -> None:
     sel = InterfaceSelection(exclude=["veth*", "docker?"])
-    assert select_interfaces(ALL, sel, container_interfaces=True) == {2: Role.HOST}
+    assert select_interfaces(ALL, sel, container_interfaces=True) == {
+        2: Role.HOST,
+        5: Role.CONTAINER,
+    }
+    star = InterfaceSelection(exclude=["*"])
+    assert select_interfaces(ALL, star, container_interfaces=True) == {5: Role.CONTAINER}
+    assert select_interfaces(ALL, star, container_interfaces=False) == {}
 
 
 @pytest.mark.parametrize(
