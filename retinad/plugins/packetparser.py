@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import fnmatch
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +59,9 @@ SOURCE = "packetparser.c"
 IFACE_KEYS = 4096
 """Capacity of the per-interface map: 2048 host interfaces, both directions."""
 OVERFLOW_SLOTS = 2
+INTERFACE_INFO = "retinad_interface_info"
+CAP_WARNING_INTERVAL = 300.0
+"""Seconds between two warnings that max_endpoint_series was reached."""
 """Each map holds one overflow key per direction on top of its configured capacity."""
 
 PROGRAMS: dict[Role, dict[Hook, str]] = {
@@ -117,6 +122,7 @@ class PacketParser:
         self._kernel: _KernelConfig | None = None
         self._ledgers: dict[str, SeriesLedger] = {}
         self._sweeper: Sweeper | None = None
+        self._cap_warned_at: dict[str, float] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -133,6 +139,7 @@ class PacketParser:
                 name="packetparser-links",
             )
             self._watcher.start()
+            self._warn_unmatched()
             self._sweep_stale()
             if self._ledgers:
                 self._sweeper = Sweeper(
@@ -182,6 +189,7 @@ class PacketParser:
                         self._detach(ifindex)
                 for link in links.values():
                     self._reconcile(link)
+            self._warn_unmatched()
             self._log.info("reloaded: %s", self.status())
             return
         self._log.info("reload changes compiled-in settings: reloading the programs")
@@ -317,6 +325,30 @@ class PacketParser:
             if not gone:
                 self._log.warning("detaching from %s failed: %s", entry.att.ifname, err)
 
+    def _warn_unmatched(self) -> None:
+        """Warn, naming the pattern, for each include pattern no interface matches now (it
+        stays in force: a matching interface is attached as soon as it appears), and when
+        exclude leaves no host interface although some were selected."""
+        if self._watcher is None:
+            return
+        names = [link.name for link in self._watcher.links().values()]
+        sel = self.settings.interfaces
+        for pattern in sel.include:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                self._log.warning(
+                    "[packetparser.interfaces] include pattern %r matches no interface; "
+                    "watching for one to appear",
+                    pattern,
+                )
+        with self._lock:
+            hosts = sum(1 for a in self._attached.values() if a.role is Role.HOST)
+        if sel.exclude and not hosts:
+            self._log.warning(
+                "[packetparser.interfaces] exclude %s leaves no host interface; "
+                "watching for one to appear",
+                list(sel.exclude),
+            )
+
     def _sweep_stale(self) -> None:
         """Remove filters an earlier run left on interfaces this run does not hold by clsact."""
         if self._watcher is None:
@@ -363,8 +395,22 @@ class PacketParser:
             for name, ledger in self._ledgers.items():
                 named = endpoint_records if name == "pp_endpoint" else remote_records
                 records: list[Record] = named(reading, self.ctx.resolver, metrics)
+                dropped = ledger.dropped
                 totals[name] = ledger.update(records)
+                if ledger.dropped > dropped:
+                    self._warn_cap(name, ledger)
         return data, totals
+
+    def _warn_cap(self, name: str, ledger: SeriesLedger) -> None:
+        now = time.monotonic()
+        if now - self._cap_warned_at.get(name, -CAP_WARNING_INTERVAL) < CAP_WARNING_INTERVAL:
+            return
+        self._cap_warned_at[name] = now
+        self._log.warning(
+            "map %s: [resolvers] max_endpoint_series = %d reached; new endpoints are counted "
+            "under the overflow endpoint (%d refused so far; next warning in %d s at most)",
+            MAP_LABELS[name], ledger.cap, ledger.dropped, int(CAP_WARNING_INTERVAL),
+        )  # fmt: skip
 
     def collect(self) -> Iterable[Metric]:
         data, totals = self._account()
@@ -399,13 +445,20 @@ class PacketParser:
             "Interfaces carrying packetparser's programs, by role.",
             labels=["role"],
         )
+        info = GaugeMetricFamily(
+            INTERFACE_INFO,
+            "1 for each interface carrying packetparser's programs.",
+            labels=["interface", "ifindex", "role", "attach_mode"],
+        )
         with self._lock:
             for reason, n in sorted(self._errors.items()):
                 errors.add_metric([reason], n)
             roles = Counter(a.role for a in self._attached.values())
+            for idx, a in sorted(self._attached.items()):
+                info.add_metric([a.att.ifname, str(idx), a.role.value, a.att.mode], 1)
         for role in Role:
             attached.add_metric([role.value], roles.get(role, 0))
-        return [errors, attached]
+        return [errors, attached, info]
 
     def describe(self) -> Iterable[Metric]:
         m = self.ctx.metrics

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from retinad.config.schema import PacketParserSettings
+from retinad.config.schema import InterfaceSelection, PacketParserSettings
 from retinad.kernel.interfaces import Role
 from retinad.resolvers.host import HostResolver
 from tests.daemon_proc import wait_for
@@ -79,3 +79,32 @@ def test_bridge_ports_and_neighbour_containers_never_move_a_veth(
         for ns in made:
             ns.close()
         sh("ip", "link", "del", "rtbr0", check=False)
+
+
+def test_unmatched_include_warns_keeps_watching_and_info_names_the_interface(
+    host: Netns, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="retinad")
+    settings = PacketParserSettings(
+        interfaces=InterfaceSelection(include=["rtlate*"]), container_interfaces=False
+    )
+    pp = make_plugin(settings)
+    pp.start()
+    made = Netns()
+    try:
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warned == [
+            "[packetparser.interfaces] include pattern 'rtlate*' matches no interface; "
+            "watching for one to appear"
+        ]
+        link = veth_to(made, host_ip="10.84.0.1", peer_ip="10.84.0.2", host_name="rtlate0")
+        idx = ifindex(link.host)
+        wait_for(lambda: idx in pp.attached(), what="the late interface attached")
+        s = samples(pp.collect())
+        info = {ls: v for (n, ls), v in s.items() if n == "retinad_interface_info"}
+        want = (("attach_mode", "tcx"), ("ifindex", str(idx)), ("interface", "rtlate0"),
+                ("role", "host"))  # fmt: skip
+        assert info == {want: 1.0}
+    finally:
+        pp.stop()
+        made.close()
