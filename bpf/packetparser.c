@@ -11,6 +11,10 @@
  *   pp_ep_ingress      tc ingress, container veth    egress     source            no
  *   pp_ep_egress       tc egress,  container veth    ingress    destination       no
  *
+ * pp_host_ingress_l3 and pp_host_egress_l3 are the host programs for links without a MAC
+ * header (tun, WireGuard, ipip, gre: ARPHRD_NONE and friends, chosen by user space from the
+ * link type), where the packet starts at the IP header and skb->len excludes any L2.
+ *
  * (tc ingress on the host side of a container's veth sees what the container sent.)
  *
  * Every program returns TC_ACT_UNSPEC (-1; TCX_NEXT under tcx), so the next program or
@@ -178,13 +182,17 @@ static __always_inline int pp_parse_ipv6(struct __sk_buff *skb, __u32 *off, __u8
     return 0;
 }
 
-/* Fill pkt from the frame; 0 when it is TCP or UDP that should be counted. */
-static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt)
+/* Fill pkt from the frame; 0 when it is TCP or UDP that should be counted. On an L3 link
+ * (tun, WireGuard, ipip: no MAC header) the packet starts at the network header and
+ * skb->protocol says which. */
+static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt, int l3)
 {
-    __u32 off;
+    __u32 off = 0;
     __u16 proto;
     __u8 l4proto = 0;
-    if (pp_parse_l2(skb, &off, &proto) < 0)
+    if (l3)
+        proto = bpf_ntohs(skb->protocol);
+    else if (pp_parse_l2(skb, &off, &proto) < 0)
         return -1;
     if (proto == PP_ETH_P_IP) {
         if (pp_parse_ipv4(skb, &off, &l4proto, pkt) < 0)
@@ -275,10 +283,10 @@ static __always_inline struct traffic_value *pp_remote_slot(struct remote_key *k
 #endif
 #endif
 
-static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int host)
+static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int host, int l3)
 {
     struct pp_packet pkt = {};
-    if (pp_parse(skb, &pkt) < 0)
+    if (pp_parse(skb, &pkt, l3) < 0)
         return;
 
     struct pp_delta d = {};
@@ -335,26 +343,39 @@ static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int 
 
 int pp_host_ingress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_INGRESS, 1);
+    pp_count(skb, RETINAD_DIR_INGRESS, 1, 0);
     return TC_ACT_UNSPEC;
 }
 
 int pp_host_egress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_EGRESS, 1);
+    pp_count(skb, RETINAD_DIR_EGRESS, 1, 0);
+    return TC_ACT_UNSPEC;
+}
+
+/* The same on a host interface without MAC header (tun, WireGuard, ipip, gre). */
+int pp_host_ingress_l3(struct __sk_buff *skb)
+{
+    pp_count(skb, RETINAD_DIR_INGRESS, 1, 1);
+    return TC_ACT_UNSPEC;
+}
+
+int pp_host_egress_l3(struct __sk_buff *skb)
+{
+    pp_count(skb, RETINAD_DIR_EGRESS, 1, 1);
     return TC_ACT_UNSPEC;
 }
 
 /* tc ingress on a container veth's host side: what the container sends. */
 int pp_ep_ingress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_EGRESS, 0);
+    pp_count(skb, RETINAD_DIR_EGRESS, 0, 0);
     return TC_ACT_UNSPEC;
 }
 
 /* tc egress on a container veth's host side: what the container receives. */
 int pp_ep_egress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_INGRESS, 0);
+    pp_count(skb, RETINAD_DIR_INGRESS, 0, 0);
     return TC_ACT_UNSPEC;
 }

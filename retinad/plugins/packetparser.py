@@ -68,6 +68,8 @@ PROGRAMS: dict[Role, dict[Hook, str]] = {
     Role.HOST: {Hook.INGRESS: "pp_host_ingress", Hook.EGRESS: "pp_host_egress"},
     Role.CONTAINER: {Hook.INGRESS: "pp_ep_ingress", Hook.EGRESS: "pp_ep_egress"},
 }
+L3_PROGRAMS: dict[Hook, str] = {Hook.INGRESS: "pp_host_ingress_l3", Hook.EGRESS: "pp_host_egress_l3"}
+"""Host programs for links without a MAC header (LinkInfo.l3: tun, WireGuard, ipip)."""
 MAP_LABELS = {
     "pp_iface": "packetparser_interface",
     "pp_endpoint": "packetparser_endpoint",
@@ -223,7 +225,7 @@ class PacketParser:
         from bcc import BPF
 
         self._bpf = compile_program(self.ctx.bpf_dir.resolve(), SOURCE, defines)
-        for progs in PROGRAMS.values():
+        for progs in (*PROGRAMS.values(), L3_PROGRAMS):
             for name in progs.values():
                 try:
                     fn = self._bpf.load_func(name.encode(), BPF.SCHED_CLS)
@@ -301,7 +303,8 @@ class PacketParser:
             self._detach(link.ifindex)
         if role is None or self._attacher is None:
             return
-        progs = {hook: self._programs[name] for hook, name in PROGRAMS[role].items()}
+        table = L3_PROGRAMS if role is Role.HOST and link.l3 else PROGRAMS[role]
+        progs = {hook: self._programs[name] for hook, name in table.items()}
         try:
             att = self._attacher.attach(link.ifindex, link.name, progs)
         except AttachError as err:
