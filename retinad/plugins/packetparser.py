@@ -68,7 +68,10 @@ PROGRAMS: dict[Role, dict[Hook, str]] = {
     Role.HOST: {Hook.INGRESS: "pp_host_ingress", Hook.EGRESS: "pp_host_egress"},
     Role.CONTAINER: {Hook.INGRESS: "pp_ep_ingress", Hook.EGRESS: "pp_ep_egress"},
 }
-L3_PROGRAMS: dict[Hook, str] = {Hook.INGRESS: "pp_host_ingress_l3", Hook.EGRESS: "pp_host_egress_l3"}
+L3_PROGRAMS: dict[Hook, str] = {
+    Hook.INGRESS: "pp_host_ingress_l3",
+    Hook.EGRESS: "pp_host_egress_l3",
+}
 """Host programs for links without a MAC header (LinkInfo.l3: tun, WireGuard, ipip)."""
 MAP_LABELS = {
     "pp_iface": "packetparser_interface",
