@@ -43,6 +43,7 @@ from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser_metrics import (
     Reading,
     basic_families,
+    direction_label,
     endpoint_families,
     endpoint_overflow,
     endpoint_records,
@@ -60,6 +61,7 @@ IFACE_KEYS = 4096
 """Capacity of the per-interface map: 2048 host interfaces, both directions."""
 OVERFLOW_SLOTS = 2
 INTERFACE_INFO = "retinad_interface_info"
+UNPARSED = "retinad_packets_unparsed"
 CAP_WARNING_INTERVAL = 300.0
 """Seconds between two warnings that max_endpoint_series was reached."""
 """Each map holds one overflow key per direction on top of its configured capacity."""
@@ -418,6 +420,28 @@ class PacketParser:
             MAP_LABELS[name], ledger.cap, ledger.dropped, int(CAP_WARNING_INTERVAL),
         )  # fmt: skip
 
+    def _unparsed(self) -> Metric:
+        """retinad_packets_unparsed_total{reason, role, direction} from pp_unparsed."""
+        fam = CounterMetricFamily(
+            UNPARSED,
+            "Frames packetparser saw but could not count, by reason, interface role and "
+            "direction (see METRICS.md for the reasons).",
+            labels=["reason", "role", "direction"],
+        )
+        with self._read_lock:
+            table = self._bpf[b"pp_unparsed"] if self._bpf is not None else None
+            counts = [0] * abi.UNPARSED_SLOTS
+            if table is not None:
+                for slot in range(abi.UNPARSED_SLOTS):
+                    counts[slot] = int(table.sum(table.Key(slot)).value)
+        for r, reason in enumerate(abi.UNPARSED_REASONS):
+            for role in (Role.HOST, Role.CONTAINER):
+                for d in (abi.DIR_INGRESS, abi.DIR_EGRESS):
+                    # the direction counted, from the endpoint's point of view
+                    n = counts[abi.unparsed_slot(r, role is Role.HOST, d)]
+                    fam.add_metric([reason, role.value, direction_label(d)], n)
+        return fam
+
     def collect(self) -> Iterable[Metric]:
         data, totals = self._account()
         metrics = self.ctx.metrics
@@ -436,6 +460,7 @@ class PacketParser:
         ]
         out = naming.map_gauges(triples)
         out.append(overflow_packets((MAP_LABELS[n], recs) for n, recs in data.items()))
+        out.append(self._unparsed())
         out.append(series_dropped((MAP_LABELS[n], lg.dropped) for n, lg in self._ledgers.items()))
         out.extend(self._attach_metrics())
         return out
@@ -480,6 +505,7 @@ class PacketParser:
         fams = [s.family(m.naming, ip_label=m.ip_label) for s in specs]
         fams += naming.map_gauges([])
         fams.append(overflow_packets([]))
+        fams.append(self._unparsed())
         fams.append(series_dropped([]))
         fams += self._attach_metrics()
         return fams
