@@ -184,6 +184,8 @@ static __always_inline int pp_parse_ipv6(struct __sk_buff *skb, __u32 *off, __u8
         }
         next = ext[0];
     }
+    if (skb->len < o) /* the chain claims more than the frame holds */
+        return -PP_TRUNC;
     *l4proto = next;
     *off = o;
     return 0;
@@ -227,6 +229,8 @@ static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt
     }
     if (pkt->is_tcp) {
         __u8 th[2]; /* bytes 12-13: data offset, flags */
+        if (skb->len < off + 20) /* the fixed header first, then what it claims */
+            return PP_TRUNC;
         if (bpf_skb_load_bytes(skb, off + 12, th, sizeof(th)) < 0)
             return PP_TRUNC;
         __u32 doff = (th[0] >> 4) * 4;
