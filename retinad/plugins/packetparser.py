@@ -140,7 +140,7 @@ class PacketParser:
             self._load(kc)
             self._kernel = kc
             self._watcher = LinkWatcher(
-                on_link=self._on_link,
+                on_link=self.on_link,
                 on_link_removed=self._on_link_removed,
                 logger=self._log,
                 name="packetparser-links",
@@ -284,7 +284,10 @@ class PacketParser:
 
     # --- interfaces ---------------------------------------------------------------------
 
-    def _on_link(self, link: LinkInfo) -> None:
+    def on_link(self, link: LinkInfo) -> None:
+        """The link watcher's callback for a new or changed interface. Public as the test
+        seam for events the kernel cannot be made to show on demand (an interface already
+        gone when its event is handled)."""
         with self._lock:
             self._reconcile(link)
 
@@ -520,6 +523,34 @@ class PacketParser:
     def attach_errors(self) -> dict[str, int]:
         with self._lock:
             return dict(self._errors)
+
+    def ledger_stats(self) -> dict[str, LedgerStats]:
+        """Per map label (``packetparser_endpoint``, ``packetparser_remote``): what its
+        series ledger holds now (advanced mode; empty in basic mode)."""
+        with self._read_lock:
+            return {
+                MAP_LABELS[name]: LedgerStats(
+                    series=lg.series_count(),
+                    bound_keys=lg.bound_keys(),
+                    evicted=lg.evicted,
+                    dropped=lg.dropped,
+                )
+                for name, lg in self._ledgers.items()
+            }
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    """A snapshot of one SeriesLedger (exporter/ledger.py), for tests and diagnostics."""
+
+    series: int
+    """Label sets exported."""
+    bound_keys: int
+    """Kernel map keys bound to a label set (UNCOUNTED ones included)."""
+    evicted: int
+    """Keys the ledger took out of the map (owner changed, or unknown and idle)."""
+    dropped: int
+    """Label sets refused by the cap."""
 
 
 def create(settings: PacketParserSettings, ctx: PluginContext) -> PacketParser:

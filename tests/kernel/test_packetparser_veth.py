@@ -305,7 +305,7 @@ def test_interface_vanishing_mid_attach_is_counted_not_fatal(
         # The netlink event for a veth that is already gone when the attach runs.
         ghost = LinkInfo(ifindex=99999, name="rtghost", kind="veth", up=True, loopback=False,
                          link_netnsid=0)  # fmt: skip
-        pp._on_link(ghost)
+        pp.on_link(ghost)
         assert pp.attach_errors() == {"no_such_interface": 1}
         s = scrape(pp)
         assert value(s, "retinad_attach_errors_total", reason="no_such_interface") == 1
