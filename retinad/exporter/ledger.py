@@ -102,6 +102,8 @@ class SeriesLedger:
         self._series: dict[Labels, _Series] = {}
         self._coarse = coarse
         self._coarse_retired: dict[Labels, list[int]] = {}
+        self._capped = 0
+        """Label sets that count towards the cap."""
         self.dropped = 0
         """Label sets refused because of the cap (retinad_series_dropped_total)."""
         self.evicted = 0
@@ -167,13 +169,14 @@ class SeriesLedger:
 
     def _bind(self, rec: Record, now: float) -> _Binding:
         effective = rec.labels
-        full = (self._exported() + 1) * self.series_per_labels > self.cap
+        full = (self._capped + 1) * self.series_per_labels > self.cap
         if effective != UNCOUNTED and effective not in self._series and full:
             effective = self._overflow(rec.labels)
             self.dropped += 1
         series = self._series.get(effective)
         if series is None:
             series = self._series[effective] = _Series(0, [0] * self.width, now)
+            self._capped += self._counts_to_cap(effective)
         series.keys += 1
         b = _Binding(rec.labels, effective, (0,) * self.width, now)
         self._bound[rec.key] = b
@@ -191,6 +194,10 @@ class SeriesLedger:
             for i, v in enumerate(values):
                 slot[i] += v
 
+    def _counts_to_cap(self, labels: Labels) -> bool:
+        """Overflow label sets (the cap's own destination) and UNCOUNTED do not."""
+        return labels != UNCOUNTED and self._overflow(labels) != labels
+
     def _exported(self) -> int:
         return len(self._series) - (UNCOUNTED in self._series)
 
@@ -198,6 +205,7 @@ class SeriesLedger:
         for labels in [ls for ls, s in self._series.items() if not s.keys]:
             if now - self._series[labels].active_at >= self.grace:
                 del self._series[labels]
+                self._capped -= self._counts_to_cap(labels)
 
     def _totals(self) -> dict[Labels, Values]:
         acc = {ls: list(s.retired) for ls, s in self._series.items()}

@@ -203,3 +203,35 @@ def test_5000_short_lived_endpoints_stay_bounded(link: VethLink) -> None:
         assert rss_growth < 8 * 1024, f"RSS grew {rss_growth} KiB over 40 waves"
     finally:
         pp.stop()
+
+
+def test_cap_counts_series_and_warns_once(link: VethLink, caplog: pytest.LogCaptureFixture) -> None:
+    """max_endpoint_series = 20: two endpoints (10 series each at worst) get series, the
+    other three are counted as overflow, and one warning says so."""
+    caplog.set_level(logging.WARNING, logger="retinad")
+    pp, res = start_plugin(grace=300, cap=20)
+    try:
+        wait_for(lambda: ifindex(link.host) in pp.attached(), what="attached")
+        ips = [f"10.78.7.{i}" for i in range(1, 6)]
+        for i, ip in enumerate(ips):
+            res.index.put(f"c{i}", Claim.of(pod(f"c{i}"), [ipaddress.ip_address(ip)]))
+        inject(link.ns, "eth0", frames(link, ips))
+        over = labels(Endpoint(namespace="", name="overflow", workload_kind="overflow",
+                               workload_name="overflow"))  # fmt: skip
+        s = wait_for(
+            lambda: (s := samples(pp.collect())) and value(s, PKTS, **over) == 3 and s,
+            what="3 packets counted as overflow",
+            timeout=3,
+        )
+        named = [v for (n, ls), v in s.items() if n == PKTS and ("name", "overflow") not in ls]
+        assert sorted(named) == [1, 1]
+        assert value(s, "retinad_series_dropped_total", map=EP_MAP) == 3
+        samples(pp.collect())
+        warned = [r.getMessage() for r in caplog.records if "max_endpoint_series" in r.getMessage()]
+        assert warned == [
+            "map packetparser_endpoint: [resolvers] max_endpoint_series = 20 reached; new "
+            "endpoints are counted under the overflow endpoint (3 refused so far; next "
+            "warning in 300 s at most)"
+        ]
+    finally:
+        pp.stop()
