@@ -155,3 +155,26 @@ def test_clsact_first_beside_a_verdict_filter_at_prio_1(veth: VethLink) -> None:
         last.close()
     lines = sh("tc", "filter", "show", "dev", dev, "ingress").stdout.decode()
     assert "cilium_like" in lines and "late_policy" in lines and "retinad" not in lines
+
+
+def test_clsact_prio_1_of_another_kind_is_refused_and_left_alone(veth: VethLink) -> None:
+    """tc allows one filter kind per priority: a foreign u32 at prio 1 makes our attach
+    fail with reason "invalid" (DESIGN.md's neighbour rules); the u32 filter stays."""
+    from retinad.errors import AttachError
+    from retinad.kernel.attach import ClsactAttacher, Program
+
+    dev = veth.host
+    sh("tc", "qdisc", "add", "dev", dev, "clsact")
+    sh("tc", "filter", "add", "dev", dev, "ingress", "prio", "1", "protocol", "all",
+       "u32", "match", "u32", "0", "0")  # fmt: skip
+    prog = Foreign(TCX_NEXT)
+    try:
+        with pytest.raises(AttachError) as info:
+            ClsactAttacher().attach(
+                ifindex(dev), dev, {Hook.INGRESS: Program(fd=prog.fd, name="pp_host_ingress")}
+            )
+        assert info.value.reason == "invalid"
+        lines = sh("tc", "filter", "show", "dev", dev, "ingress").stdout.decode()
+        assert "u32" in lines and "retinad" not in lines
+    finally:
+        prog.close()
