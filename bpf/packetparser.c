@@ -11,6 +11,10 @@
  *   pp_ep_ingress      tc ingress, container veth    egress     source            no
  *   pp_ep_egress       tc egress,  container veth    ingress    destination       no
  *
+ * pp_host_ingress_l3 and pp_host_egress_l3 are the host programs for links without a MAC
+ * header (tun, WireGuard, ipip, gre: ARPHRD_NONE and friends, chosen by user space from the
+ * link type), where the packet starts at the IP header and skb->len excludes any L2.
+ *
  * (tc ingress on the host side of a container's veth sees what the container sent.)
  *
  * Every program returns TC_ACT_UNSPEC (-1; TCX_NEXT under tcx), so the next program or
@@ -64,10 +68,17 @@
 #define PP_IPPROTO_FRAGMENT 44
 #define PP_IPPROTO_AH 51
 #define PP_IPPROTO_DSTOPTS 60
+/* Parse results: 0 = counted, else RETINAD_UNPARSED_* + 1 (helpers return them negated). */
+#define PP_NOT_IP (RETINAD_UNPARSED_NOT_IP + 1)
+#define PP_TRUNC (RETINAD_UNPARSED_TRUNCATED + 1)
+#define PP_BAD (RETINAD_UNPARSED_BAD_HEADER + 1)
+#define PP_NOT_L4 (RETINAD_UNPARSED_NOT_TCP_UDP + 1)
+#define PP_EXT (RETINAD_UNPARSED_EXT_CHAIN + 1)
 #define PP_TCP_ACK_BIT (1 << RETINAD_TCP_ACK)
 #define PP_TCP_ECE_BIT (1 << RETINAD_TCP_ECE)
 
 BPF_TABLE("percpu_hash", struct iface_key, struct traffic_value, pp_iface, RETINAD_IFACE_ENTRIES);
+BPF_PERCPU_ARRAY(pp_unparsed, __u64, RETINAD_UNPARSED_SLOTS);
 #if RETINAD_ADVANCED
 BPF_TABLE("percpu_hash", struct endpoint_key, struct traffic_value, pp_endpoint,
           RETINAD_ENDPOINT_ENTRIES);
@@ -100,7 +111,7 @@ static __always_inline int pp_parse_l2(struct __sk_buff *skb, __u32 *off, __u16 
 {
     __be16 p;
     if (bpf_skb_load_bytes(skb, 12, &p, sizeof(p)) < 0)
-        return -1;
+        return -PP_TRUNC;
     *off = PP_ETH_HLEN;
 #pragma unroll
     for (int i = 0; i < RETINAD_VLAN_MAX; i++) {
@@ -108,7 +119,7 @@ static __always_inline int pp_parse_l2(struct __sk_buff *skb, __u32 *off, __u16 
             break;
         /* A tag is TPID(2, already read) TCI(2); the next type follows the TCI. */
         if (bpf_skb_load_bytes(skb, *off + 2, &p, sizeof(p)) < 0)
-            return -1;
+            return -PP_TRUNC;
         *off += 4;
     }
     *proto = bpf_ntohs(p);
@@ -120,13 +131,13 @@ static __always_inline int pp_parse_ipv4(struct __sk_buff *skb, __u32 *off, __u8
 {
     __u8 ip[20];
     if (bpf_skb_load_bytes(skb, *off, ip, sizeof(ip)) < 0)
-        return -1;
+        return -PP_TRUNC;
     __u32 ihl = ip[0] & 0x0f;
     if ((ip[0] >> 4) != 4 || ihl < 5)
-        return -1;
+        return -PP_BAD;
     __u32 l4off = *off + ihl * 4;
     if (skb->len < l4off) /* options claimed but not present */
-        return -1;
+        return -PP_TRUNC;
     __u16 frag = ((__u16)ip[6] << 8 | ip[7]) & 0x1fff;
     pkt->has_l4 = frag == 0;
     pkt->family = RETINAD_FAMILY_IPV4;
@@ -144,9 +155,9 @@ static __always_inline int pp_parse_ipv6(struct __sk_buff *skb, __u32 *off, __u8
 {
     __u8 ip6[40];
     if (bpf_skb_load_bytes(skb, *off, ip6, sizeof(ip6)) < 0)
-        return -1;
+        return -PP_TRUNC;
     if ((ip6[0] >> 4) != 6)
-        return -1;
+        return -PP_BAD;
     __builtin_memcpy(pkt->src, &ip6[8], 16);
     __builtin_memcpy(pkt->dst, &ip6[24], 16);
     pkt->family = RETINAD_FAMILY_IPV6;
@@ -160,7 +171,7 @@ static __always_inline int pp_parse_ipv6(struct __sk_buff *skb, __u32 *off, __u8
             next != PP_IPPROTO_DSTOPTS && next != PP_IPPROTO_FRAGMENT && next != PP_IPPROTO_AH)
             break;
         if (bpf_skb_load_bytes(skb, o, ext, sizeof(ext)) < 0)
-            return -1;
+            return -PP_TRUNC;
         if (next == PP_IPPROTO_FRAGMENT) {
             /* next(1) reserved(1) offset:13|res:2|M:1 (2) id(4): fixed 8 bytes */
             if ((((__u16)ext[2] << 8 | ext[3]) & 0xfff8) != 0)
@@ -173,30 +184,44 @@ static __always_inline int pp_parse_ipv6(struct __sk_buff *skb, __u32 *off, __u8
         }
         next = ext[0];
     }
+    if (skb->len < o) /* the chain claims more than the frame holds */
+        return -PP_TRUNC;
     *l4proto = next;
     *off = o;
     return 0;
 }
 
-/* Fill pkt from the frame; 0 when it is TCP or UDP that should be counted. */
-static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt)
+/* Fill pkt from the frame; 0 when it is TCP or UDP that should be counted, else the
+ * PP_* reason + 1 (RETINAD_UNPARSED_*) it is not. On an L3 link
+ * (tun, WireGuard, ipip: no MAC header) the packet starts at the network header and
+ * skb->protocol says which. */
+static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt, int l3)
 {
-    __u32 off;
+    __u32 off = 0;
     __u16 proto;
     __u8 l4proto = 0;
-    if (pp_parse_l2(skb, &off, &proto) < 0)
-        return -1;
+    int err;
+    if (l3)
+        proto = bpf_ntohs(skb->protocol);
+    else if ((err = pp_parse_l2(skb, &off, &proto)) < 0)
+        return -err;
     if (proto == PP_ETH_P_IP) {
-        if (pp_parse_ipv4(skb, &off, &l4proto, pkt) < 0)
-            return -1;
+        if ((err = pp_parse_ipv4(skb, &off, &l4proto, pkt)) < 0)
+            return -err;
     } else if (proto == PP_ETH_P_IPV6) {
-        if (pp_parse_ipv6(skb, &off, &l4proto, pkt) < 0)
-            return -1;
+        if ((err = pp_parse_ipv6(skb, &off, &l4proto, pkt)) < 0)
+            return -err;
     } else {
-        return -1;
+        return PP_NOT_IP;
     }
-    if (l4proto != PP_IPPROTO_TCP && l4proto != PP_IPPROTO_UDP)
-        return -1; /* also an IPv6 chain longer than RETINAD_IPV6_EXT_MAX */
+    if (l4proto != PP_IPPROTO_TCP && l4proto != PP_IPPROTO_UDP) {
+        if (pkt->family == RETINAD_FAMILY_IPV6 &&
+            (l4proto == PP_IPPROTO_HOPOPTS || l4proto == PP_IPPROTO_ROUTING ||
+             l4proto == PP_IPPROTO_DSTOPTS || l4proto == PP_IPPROTO_FRAGMENT ||
+             l4proto == PP_IPPROTO_AH))
+            return PP_EXT; /* an IPv6 chain longer than RETINAD_IPV6_EXT_MAX */
+        return PP_NOT_L4;
+    }
     pkt->is_tcp = l4proto == PP_IPPROTO_TCP;
     if (!pkt->has_l4) {
         pkt->hdr_len = off;
@@ -204,16 +229,20 @@ static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt
     }
     if (pkt->is_tcp) {
         __u8 th[2]; /* bytes 12-13: data offset, flags */
+        if (skb->len < off + 20) /* the fixed header first, then what it claims */
+            return PP_TRUNC;
         if (bpf_skb_load_bytes(skb, off + 12, th, sizeof(th)) < 0)
-            return -1;
+            return PP_TRUNC;
         __u32 doff = (th[0] >> 4) * 4;
-        if (doff < 20 || skb->len < off + doff)
-            return -1;
+        if (doff < 20)
+            return PP_BAD;
+        if (skb->len < off + doff)
+            return PP_TRUNC;
         pkt->tcp_flags = th[1];
         pkt->hdr_len = off + doff;
     } else {
         if (skb->len < off + 8)
-            return -1;
+            return PP_TRUNC;
         pkt->hdr_len = off + 8;
     }
     return 0;
@@ -275,11 +304,17 @@ static __always_inline struct traffic_value *pp_remote_slot(struct remote_key *k
 #endif
 #endif
 
-static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int host)
+static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int host, int l3)
 {
     struct pp_packet pkt = {};
-    if (pp_parse(skb, &pkt) < 0)
+    int why = pp_parse(skb, &pkt, l3);
+    if (why) {
+        int slot = RETINAD_UNPARSED_SLOT(why - 1, host, direction);
+        __u64 *n = pp_unparsed.lookup(&slot);
+        if (n)
+            *n += 1;
         return;
+    }
 
     struct pp_delta d = {};
     __u32 segs = skb->gso_segs;
@@ -335,26 +370,39 @@ static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int 
 
 int pp_host_ingress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_INGRESS, 1);
+    pp_count(skb, RETINAD_DIR_INGRESS, 1, 0);
     return TC_ACT_UNSPEC;
 }
 
 int pp_host_egress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_EGRESS, 1);
+    pp_count(skb, RETINAD_DIR_EGRESS, 1, 0);
+    return TC_ACT_UNSPEC;
+}
+
+/* The same on a host interface without MAC header (tun, WireGuard, ipip, gre). */
+int pp_host_ingress_l3(struct __sk_buff *skb)
+{
+    pp_count(skb, RETINAD_DIR_INGRESS, 1, 1);
+    return TC_ACT_UNSPEC;
+}
+
+int pp_host_egress_l3(struct __sk_buff *skb)
+{
+    pp_count(skb, RETINAD_DIR_EGRESS, 1, 1);
     return TC_ACT_UNSPEC;
 }
 
 /* tc ingress on a container veth's host side: what the container sends. */
 int pp_ep_ingress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_EGRESS, 0);
+    pp_count(skb, RETINAD_DIR_EGRESS, 0, 0);
     return TC_ACT_UNSPEC;
 }
 
 /* tc egress on a container veth's host side: what the container receives. */
 int pp_ep_egress(struct __sk_buff *skb)
 {
-    pp_count(skb, RETINAD_DIR_INGRESS, 0);
+    pp_count(skb, RETINAD_DIR_INGRESS, 0, 0);
     return TC_ACT_UNSPEC;
 }

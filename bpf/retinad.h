@@ -33,6 +33,18 @@
 #define RETINAD_TCP_CWR 7
 #define RETINAD_TCP_NFLAGS 8
 
+/* packetparser: why a frame was not counted (retinad_packets_unparsed_total{reason}).
+ * The pp_unparsed per-CPU array is indexed by RETINAD_UNPARSED_SLOT(reason, host, dir). */
+#define RETINAD_UNPARSED_NOT_IP 0      /* ethertype neither IPv4 nor IPv6 (ARP, LLDP, ...) */
+#define RETINAD_UNPARSED_TRUNCATED 1   /* shorter than a header it claims */
+#define RETINAD_UNPARSED_BAD_HEADER 2  /* IP version/IHL or TCP data offset impossible */
+#define RETINAD_UNPARSED_NOT_TCP_UDP 3 /* IP carrying ICMP, SCTP, ... */
+#define RETINAD_UNPARSED_EXT_CHAIN 4   /* IPv6 extension headers beyond RETINAD_IPV6_EXT_MAX */
+#define RETINAD_UNPARSED_NREASONS 5
+#define RETINAD_UNPARSED_SLOT(reason, host, dir) \
+    (((reason) * 2 + ((host) ? 1 : 0)) * 2 + ((dir) == RETINAD_DIR_EGRESS ? 1 : 0))
+#define RETINAD_UNPARSED_SLOTS (RETINAD_UNPARSED_NREASONS * 4)
+
 /* packetparser, basic mode: per (host interface, direction). */
 struct iface_key {
     __u32 ifindex;

@@ -13,8 +13,15 @@ keeps dead endpoints' series forever. The ledger instead:
   then drops it: the series disappears instead of going stale;
 * frees kernel keys of addresses no resolver knows once they have been idle for
   ``grace`` seconds, so churn of unknown peers cannot fill the map;
-* caps the number of label sets: a new label set beyond ``cap`` is counted under its
-  overflow label set and ``dropped`` counts the refusals;
+* caps the number of series: ``cap`` counts exported series, each label set standing for
+  ``series_per_labels`` of them (its worst case: packets, bytes and every TCP flag); a new
+  label set that would pass the cap is counted under its overflow label set (whose series
+  come on top, one label set per direction) and ``dropped`` counts the refusals;
+* binds a key the caller names ``UNCOUNTED`` (its packets are already counted under
+  another key, e.g. a container's routed traffic seen again on a host interface) to no
+  series: it stays bound, so the kernel's count in it is never exported, and when its name
+  later changes (the other key is gone) it is taken out of the map like any owner change,
+  so its history cannot come back under a name;
 * optionally keeps coarse totals (``coarse`` projects a label set onto fewer labels, e.g.
   drop reason and direction) that never lose a retired key's counts, for node-level
   series computed from the same map.
@@ -32,6 +39,8 @@ from dataclasses import dataclass
 
 Labels = tuple[str, ...]
 Values = tuple[int, ...]
+UNCOUNTED: Labels = ()
+"""The label set of keys whose counts are exported through other keys (see above)."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +88,12 @@ class SeriesLedger:
         take: Callable[[bytes], Values | None],
         coarse: Callable[[Labels], Labels] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        series_per_labels: int = 1,
     ) -> None:
         self.width = width
         self.grace = grace
         self.cap = cap
+        self.series_per_labels = series_per_labels
         self._overflow = overflow
         self._take = take
         self._clock = clock
@@ -91,6 +102,8 @@ class SeriesLedger:
         self._series: dict[Labels, _Series] = {}
         self._coarse = coarse
         self._coarse_retired: dict[Labels, list[int]] = {}
+        self._capped = 0
+        """Label sets that count towards the cap."""
         self.dropped = 0
         """Label sets refused because of the cap (retinad_series_dropped_total)."""
         self.evicted = 0
@@ -117,14 +130,17 @@ class SeriesLedger:
         with self._lock:
             acc = {ls: list(v) for ls, v in self._coarse_retired.items()}
             for b in self._bound.values():
+                if b.intended == UNCOUNTED:
+                    continue
                 slot = acc.setdefault(self._coarse(b.intended), [0] * self.width)
                 for i, v in enumerate(b.values):
                     slot[i] += v
             return {ls: tuple(v) for ls, v in acc.items()}
 
     def series_count(self) -> int:
+        """Label sets exported now (each makes up to ``series_per_labels`` series)."""
         with self._lock:
-            return len(self._series)
+            return self._exported()
 
     def bound_keys(self) -> int:
         with self._lock:
@@ -153,12 +169,14 @@ class SeriesLedger:
 
     def _bind(self, rec: Record, now: float) -> _Binding:
         effective = rec.labels
-        if effective not in self._series and len(self._series) >= self.cap:
+        full = (self._capped + 1) * self.series_per_labels > self.cap
+        if effective != UNCOUNTED and effective not in self._series and full:
             effective = self._overflow(rec.labels)
             self.dropped += 1
         series = self._series.get(effective)
         if series is None:
             series = self._series[effective] = _Series(0, [0] * self.width, now)
+            self._capped += self._counts_to_cap(effective)
         series.keys += 1
         b = _Binding(rec.labels, effective, (0,) * self.width, now)
         self._bound[rec.key] = b
@@ -171,15 +189,23 @@ class SeriesLedger:
         for i, v in enumerate(values):
             series.retired[i] += v
         series.keys -= 1
-        if self._coarse is not None:
+        if self._coarse is not None and b.intended != UNCOUNTED:
             slot = self._coarse_retired.setdefault(self._coarse(b.intended), [0] * self.width)
             for i, v in enumerate(values):
                 slot[i] += v
+
+    def _counts_to_cap(self, labels: Labels) -> bool:
+        """Overflow label sets (the cap's own destination) and UNCOUNTED do not."""
+        return labels != UNCOUNTED and self._overflow(labels) != labels
+
+    def _exported(self) -> int:
+        return len(self._series) - (UNCOUNTED in self._series)
 
     def _expire(self, now: float) -> None:
         for labels in [ls for ls, s in self._series.items() if not s.keys]:
             if now - self._series[labels].active_at >= self.grace:
                 del self._series[labels]
+                self._capped -= self._counts_to_cap(labels)
 
     def _totals(self) -> dict[Labels, Values]:
         acc = {ls: list(s.retired) for ls, s in self._series.items()}
@@ -187,4 +213,5 @@ class SeriesLedger:
             slot = acc[b.effective]
             for i, v in enumerate(b.values):
                 slot[i] += v
+        acc.pop(UNCOUNTED, None)
         return {ls: tuple(v) for ls, v in acc.items()}

@@ -22,6 +22,17 @@ TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 """Index i of traffic_value.tcp_flags counts packets with this flag (RETINAD_TCP_*)."""
 TCP_NFLAGS = len(TCP_FLAG_NAMES)
 
+UNPARSED_REASONS = ("not_ip", "truncated", "bad_header", "not_tcp_udp", "ipv6_ext_chain")
+"""RETINAD_UNPARSED_* in order: why packetparser did not count a frame."""
+
+
+def unparsed_slot(reason: int, host: bool, direction: int) -> int:
+    """RETINAD_UNPARSED_SLOT: the index into the pp_unparsed per-CPU array."""
+    return (reason * 2 + int(host)) * 2 + int(direction == DIR_EGRESS)
+
+
+UNPARSED_SLOTS = len(UNPARSED_REASONS) * 4
+
 Addr16 = ctypes.c_uint8 * 16
 
 

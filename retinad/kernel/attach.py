@@ -10,10 +10,13 @@ tcx (kernel 6.6+, preferred)
 
 clsact (any kernel with sched_cls)
     A ``bpf`` filter with direct-action on the clsact qdisc, through pyroute2. The filters
-    outlive the process, so they are marked as ours: priority ``FILTER_PRIO`` (0x0a00 =
-    2560), handle ``FILTER_HANDLE`` (0x7e7ad) and a name starting ``retinad_pp_``. The
-    priority runs before tc's auto-assigned ones (49152 downwards) and after prio 1, which
-    Cilium and Retina use, so neither collides with us. A later start replaces a filter
+    outlive the process, so they are marked as ours: priority ``FILTER_PRIO`` (1), handle
+    ``FILTER_HANDLE`` (0x7e7ad) and a name starting ``retinad_pp_``. Priority 1 is the
+    first tc runs; Cilium and Retina use it too (handle 1), and cls_bpf runs the filters of
+    one priority newest first, so ours, added after theirs, sees every packet before their
+    verdict ends the chain. (A filter added at prio 1 after ours runs before it: nothing in
+    tc can prevent that; DESIGN.md says so.) Filters of 0.1 at prio 0x0a00 are still
+    recognised as ours (``LEGACY_FILTER_PRIOS``). A later start replaces a filter
     with that mark in place (no gap, no duplicate) and ``remove_stale_filters`` removes
     them from interfaces no longer selected. The clsact qdisc is created only when absent
     and deleted on detach only if this process created it and no filter is left on it;
@@ -46,6 +49,8 @@ BPF_PROG_QUERY = 16
 BPF_LINK_CREATE = 28
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
+BPF_F_BEFORE = 1 << 3
+"""BPF_LINK_CREATE flag: with no relative fd/id, put the program at the head of the hook."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -95,9 +100,17 @@ class _ProgQueryAttr(ctypes.Structure):
     ]
 
 
-def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
-    """Create a tcx link (appended after existing tcx programs); returns its fd."""
-    attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type)
+def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = BPF_F_BEFORE) -> int:
+    """Create a tcx link; returns its fd.
+
+    By default first on the hook (BPF_F_BEFORE, relative to nothing): in tcx a program that
+    returns anything but TCX_NEXT ends the chain, so a program appended after a neighbour
+    that returns a verdict (Cilium does) would never run. Ours always returns TCX_NEXT,
+    so every program after it still sees every packet.
+    """
+    attr = _LinkCreateAttr(
+        prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type, flags=flags
+    )
     return bpf_syscall(BPF_LINK_CREATE, attr)
 
 
@@ -132,7 +145,10 @@ class Hook(Enum):
 
 Mode = Literal["tcx", "clsact"]
 CLSACT_PARENT = {Hook.INGRESS: 0xFFFFFFF2, Hook.EGRESS: 0xFFFFFFF3}
-FILTER_PRIO = 0x0A00
+FILTER_PRIO = 1
+LEGACY_FILTER_PRIOS = (0x0A00,)
+"""Priorities earlier builds used: their filters are ours too (replaced or swept)."""
+OUR_PRIOS = (FILTER_PRIO, *LEGACY_FILTER_PRIOS)
 FILTER_HANDLE = 0x7E7AD
 FILTER_NAME_PREFIX = "retinad_pp_"
 
@@ -225,7 +241,7 @@ def _our_filters(ipr: Any, ifindex: int, hook: Hook) -> tuple[list[Any], list[An
         if msg["handle"] == 0:
             continue
         mine = (
-            msg["info"] >> 16 == FILTER_PRIO
+            msg["info"] >> 16 in OUR_PRIOS
             and msg["handle"] == FILTER_HANDLE
             and _filter_name(msg).startswith(FILTER_NAME_PREFIX)
         )
@@ -271,8 +287,12 @@ class ClsactAttacher:
                             "not touching it",
                             reason="conflict",
                         )
+                    for old in [f for f in ours if f["info"] >> 16 != FILTER_PRIO]:
+                        ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE,
+                               parent=CLSACT_PARENT[hook], prio=old["info"] >> 16)  # fmt: skip
+                    current = [f for f in ours if f["info"] >> 16 == FILTER_PRIO]
                     ipr.tc(
-                        "replace-filter" if ours else "add-filter",
+                        "replace-filter" if current else "add-filter",
                         "bpf",
                         ifindex,
                         FILTER_HANDLE,

@@ -24,6 +24,10 @@ from retinad.config.schema import InterfaceSelection
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
+L3_LINK_TYPES = frozenset({0xFFFE, 519, 768, 769, 776, 778, 823})
+"""ARPHRD_* of links whose packets start at the network header, with no MAC header:
+NONE (tun, WireGuard), RAWIP, TUNNEL (ipip), TUNNEL6, SIT, IPGRE, IP6GRE
+(include/uapi/linux/if_arp.h)."""
 
 
 class Role(Enum):
@@ -46,6 +50,8 @@ class LinkInfo:
     loopback: bool
     link_netnsid: int | None
     """For a veth: the namespace id of its peer's namespace when that differs from ours."""
+    l3: bool = False
+    """Its packets carry no MAC header (``L3_LINK_TYPES``): parsed from the IP header."""
 
     @property
     def container_veth(self) -> bool:
@@ -71,6 +77,7 @@ def link_from_msg(msg: Any) -> LinkInfo | None:
         up=bool(flags & IFF_UP),
         loopback=bool(flags & IFF_LOOPBACK),
         link_netnsid=None if netnsid is None else int(netnsid),
+        l3=int(msg.get("ifi_type") or 1) in L3_LINK_TYPES,
     )
 
 
@@ -83,19 +90,19 @@ def role_of(
 ) -> Role | None:
     """The role ``link`` gets under these settings, or None to leave it alone.
 
-    exclude wins over everything (an operator who excludes a name never wants it touched);
-    a name matched by include is a host interface even if it is a container veth; with no
-    include, every interface that is up, not loopback and not a container veth is a host
-    interface; container veths are containers when container_interfaces is on.
+    Host interfaces: a name matched by include (even a container veth: the operator named
+    it), or with no include every interface that is up, not loopback and not a container
+    veth; exclude then removes names from those (CONFIG.md: "removed from what include
+    selected"). Container veths are containers when container_interfaces is on, whatever
+    exclude says: exclude trims host interfaces only.
     """
-    if _matches(link.name, selection.exclude):
-        return None
     if selection.include:
-        if _matches(link.name, selection.include):
-            return Role.HOST
-    elif link.up and not link.loopback and not link.container_veth:
+        host = _matches(link.name, selection.include)
+    else:
+        host = link.up and not link.loopback and not link.container_veth
+    if host and not _matches(link.name, selection.exclude):
         return Role.HOST
-    if container_interfaces and link.container_veth:
+    if container_interfaces and link.container_veth and not host:
         return Role.CONTAINER
     return None
 

@@ -9,7 +9,9 @@ The socket is a plain AF_NETLINK socket read with ``select`` and decoded with py
 rtnl marshal: pyroute2's IPRoute objects are tied to the thread that created them and
 block in ``get()``, which a stop request could not interrupt. If the kernel drops events
 (ENOBUFS, the receive buffer overflowed), the watcher dumps the link table again and
-reports the difference, so the callbacks always converge on the truth.
+reports the difference, so the callbacks always converge on the truth. Bridge-family
+(AF_BRIDGE) link messages are ignored: they describe a bridge port, not the interface, and
+read as one they would change a container veth's role whenever a port joins or leaves.
 
 Callbacks run in the watcher thread; an exception in one is logged and the thread goes on.
 ``alive`` turns false only if the thread itself failed, which a plugin reports as unhealthy.
@@ -175,6 +177,12 @@ class LinkWatcher:
 
     def _dispatch(self, msg: Any) -> None:
         mtype = msg["header"]["type"]
+        if mtype in (RTM_NEWLINK, RTM_DELLINK) and msg.get("family") == socket.AF_BRIDGE:
+            # The bridge's own port notifications (master/nomaster, port state): a partial
+            # view of the link without IFLA_LINK_NETNSID, and an RTM_DELLINK when a port
+            # leaves the bridge while the interface lives on. The interface's own
+            # (AF_UNSPEC) messages say everything about it; these say nothing new.
+            return
         if mtype == RTM_NEWLINK:
             link = link_from_msg(msg)
             if link is not None:

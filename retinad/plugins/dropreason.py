@@ -228,6 +228,7 @@ class DropReasonPlugin:
             overflow=lambda labels: (*labels[:2], *ep),
             take=take,
             coarse=lambda labels: labels[:2],
+            series_per_labels=2,  # packets and bytes
         )
 
     def stop(self) -> None:
@@ -353,7 +354,7 @@ class DropReasonPlugin:
         raw = bytes(key.addr)
         if raw not in seen:
             ip = decode_addr(raw, key.family)
-            found = self._ctx.resolver.by_ip(ipaddress.ip_address(ip))
+            found = self._ctx.resolver.endpoint(ipaddress.ip_address(ip))
             seen[raw] = (found or UNKNOWN_ENDPOINT), ip
         return seen[raw]
 

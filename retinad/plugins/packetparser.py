@@ -1,15 +1,13 @@
 """The packetparser plugin: tc programs counting TCP/UDP per interface and per endpoint.
 
 Lifecycle: ``start`` compiles bpf/packetparser.c with the settings as -D defines, loads its
-four programs, inserts each map's overflow keys, then follows netlink link events
-(kernel/links.py): every interface that the selection (kernel/interfaces.py) picks is
-attached as soon as it appears (kernel/attach.py), and forgotten when it disappears.
-``collect`` batch-reads the maps at scrape time (kernel/maps.py) and builds the families
-(packetparser_metrics.py): a scrape costs a few syscalls per map, whatever the packet
-rate, and nothing runs per packet in user space.
-
-Attach failures (an interface vanishing mid-attach, a foreign filter in our slot) are
-logged and counted in retinad_attach_errors_total{reason}; they never stop the plugin.
+six programs and inserts each map's overflow keys; the interface side is
+packetparser_links.py (InterfaceReconciler: netlink link events -> selection -> attach,
+attach failures counted in retinad_attach_errors_total{reason}, never fatal). This module
+keeps the collection side: ``collect`` batch-reads the maps at scrape time
+(kernel/maps.py), names endpoint keys and runs them through the series ledgers
+(packetparser_metrics.py, exporter/ledger.py): a scrape costs a few syscalls per map,
+whatever the packet rate, and nothing runs per packet in user space.
 """
 
 from __future__ import annotations
@@ -17,33 +15,38 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import threading
-from collections import Counter
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from retinad.config.schema import MetricsSettings, PacketParserSettings
-from retinad.errors import AttachError, PluginError, RetinadError
+from retinad.errors import PluginError, RetinadError
 from retinad.exporter import naming
 from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
 from retinad.exporter.naming import series_dropped
 from retinad.kernel import abi
-from retinad.kernel.attach import Attacher, Attachment, Hook, Program, make_attacher
-from retinad.kernel.attach import remove_stale_filters as _remove_stale
+from retinad.kernel.attach import Program, make_attacher
 from retinad.kernel.compile import compile_program
-from retinad.kernel.interfaces import LinkInfo, Role, role_of
-from retinad.kernel.links import LinkWatcher
+from retinad.kernel.interfaces import LinkInfo, Role
 from retinad.kernel.maps import BatchReader
 from retinad.plugins.base import PluginContext
+from retinad.plugins.packetparser_links import (
+    PROGRAM_NAMES,
+    InterfaceReconciler,
+    attach_families,
+)
 from retinad.plugins.packetparser_metrics import (
     Reading,
     basic_families,
+    direction_label,
     endpoint_families,
     endpoint_overflow,
     endpoint_records,
+    note_container_addresses,
     overflow_packets,
     remote_families,
     remote_overflow,
@@ -56,12 +59,11 @@ SOURCE = "packetparser.c"
 IFACE_KEYS = 4096
 """Capacity of the per-interface map: 2048 host interfaces, both directions."""
 OVERFLOW_SLOTS = 2
+UNPARSED = "retinad_packets_unparsed"
+CAP_WARNING_INTERVAL = 300.0
+"""Seconds between two warnings that max_endpoint_series was reached."""
 """Each map holds one overflow key per direction on top of its configured capacity."""
 
-PROGRAMS: dict[Role, dict[Hook, str]] = {
-    Role.HOST: {Hook.INGRESS: "pp_host_ingress", Hook.EGRESS: "pp_host_egress"},
-    Role.CONTAINER: {Hook.INGRESS: "pp_ep_ingress", Hook.EGRESS: "pp_ep_egress"},
-}
 MAP_LABELS = {
     "pp_iface": "packetparser_interface",
     "pp_endpoint": "packetparser_endpoint",
@@ -71,12 +73,6 @@ MAP_LABELS = {
 
 _Totals = dict[str, dict[Labels, Values]]
 """Ledger totals per BPF map name."""
-
-
-@dataclass
-class _Attached:
-    role: Role
-    att: Attachment
 
 
 @dataclass(frozen=True)
@@ -108,31 +104,22 @@ class PacketParser:
         self._bpf: Any = None
         self._programs: dict[str, Program] = {}
         self._readers: dict[str, BatchReader[Any, abi.TrafficValue]] = {}
-        self._attacher: Attacher | None = None
-        self._watcher: LinkWatcher | None = None
-        self._attached: dict[int, _Attached] = {}
-        self._container_ifindexes: set[int] = set()
-        self._errors: Counter[str] = Counter()
+        self._links: InterfaceReconciler | None = None
         self._kernel: _KernelConfig | None = None
         self._ledgers: dict[str, SeriesLedger] = {}
         self._sweeper: Sweeper | None = None
+        self._cap_warned_at: dict[str, float] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         kc = _KernelConfig.of(self.settings, self.ctx.metrics)
         try:
-            self._attacher = make_attacher(self.settings.attach_mode)
+            attacher = make_attacher(self.settings.attach_mode)
             self._load(kc)
             self._kernel = kc
-            self._watcher = LinkWatcher(
-                on_link=self._on_link,
-                on_link_removed=self._on_link_removed,
-                logger=self._log,
-                name="packetparser-links",
-            )
-            self._watcher.start()
-            self._sweep_stale()
+            self._links = InterfaceReconciler(self.settings, attacher, self._programs, self._log)
+            self._links.start()
             if self._ledgers:
                 self._sweeper = Sweeper(
                     self.ctx.resolver, self._account, logger=self._log, name="packetparser-sweep"
@@ -150,12 +137,8 @@ class PacketParser:
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        with self._lock:
-            for ifindex in list(self._attached):
-                self._detach(ifindex)
+        if self._links is not None:
+            self._links.stop()
         with self._read_lock:
             self._readers.clear()
             self._ledgers.clear()
@@ -175,12 +158,8 @@ class PacketParser:
                     self._ledgers = {n: self._new_ledger(n, metrics) for n in self._ledgers}
             with self._lock:
                 self.settings, self.ctx = settings, new_ctx
-                links = self._watcher.links() if self._watcher else {}
-                for ifindex in list(self._attached):
-                    if ifindex not in links:
-                        self._detach(ifindex)
-                for link in links.values():
-                    self._reconcile(link)
+            if self._links is not None:
+                self._links.reselect(settings)
             self._log.info("reloaded: %s", self.status())
             return
         self._log.info("reload changes compiled-in settings: reloading the programs")
@@ -195,11 +174,12 @@ class PacketParser:
 
     def healthy(self) -> bool:
         sweeping = self._sweeper is None or self._sweeper.alive
-        return self._watcher is not None and self._watcher.alive and sweeping
+        return self._links is not None and self._links.alive and sweeping
 
     def status(self) -> str:
-        mode = self._attacher.mode if self._attacher else "none"
-        return f"attached to {len(self._attached)} interfaces ({mode})"
+        if self._links is None:
+            return "attached to 0 interfaces (none)"
+        return self._links.status()
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -214,13 +194,12 @@ class PacketParser:
         from bcc import BPF
 
         self._bpf = compile_program(self.ctx.bpf_dir.resolve(), SOURCE, defines)
-        for progs in PROGRAMS.values():
-            for name in progs.values():
-                try:
-                    fn = self._bpf.load_func(name.encode(), BPF.SCHED_CLS)
-                except Exception as err:
-                    raise PluginError(f"packetparser: loading program {name}: {err}") from err
-                self._programs[name] = Program(fd=fn.fd, name=name)
+        for name in PROGRAM_NAMES:
+            try:
+                fn = self._bpf.load_func(name.encode(), BPF.SCHED_CLS)
+            except Exception as err:
+                raise PluginError(f"packetparser: loading program {name}: {err}") from err
+            self._programs[name] = Program(fd=fn.fd, name=name)
         maps: list[tuple[str, type[ctypes.Structure]]] = [("pp_iface", abi.IfaceKey)]
         if kc.advanced:
             maps.append(("pp_endpoint", abi.EndpointKey))
@@ -247,6 +226,8 @@ class PacketParser:
             cap=self.ctx.series.max_endpoint_series,
             overflow=overflow(metrics),
             take=take,
+            # worst case per label set: packets, bytes and (endpoint map) every TCP flag
+            series_per_labels=2 + (abi.TCP_NFLAGS if name == "pp_endpoint" else 0),
         )
 
     @staticmethod
@@ -264,77 +245,6 @@ class PacketParser:
                     f"packetparser: map {name}: inserting overflow key: {err}"
                 ) from err
 
-    # --- interfaces ---------------------------------------------------------------------
-
-    def _on_link(self, link: LinkInfo) -> None:
-        with self._lock:
-            self._reconcile(link)
-
-    def _on_link_removed(self, link: LinkInfo) -> None:
-        with self._lock:
-            if link.ifindex in self._attached:
-                self._log.info("%s (ifindex %d) is gone", link.name, link.ifindex)
-                self._detach(link.ifindex, gone=True)
-
-    def _reconcile(self, link: LinkInfo) -> None:
-        """Attach, re-attach or detach one interface so it matches the selection."""
-        role = role_of(
-            link,
-            self.settings.interfaces,
-            container_interfaces=self.settings.container_interfaces,
-        )
-        current = self._attached.get(link.ifindex)
-        if current is not None and current.role == role:
-            return
-        if current is not None:
-            self._detach(link.ifindex)
-        if role is None or self._attacher is None:
-            return
-        progs = {hook: self._programs[name] for hook, name in PROGRAMS[role].items()}
-        try:
-            att = self._attacher.attach(link.ifindex, link.name, progs)
-        except AttachError as err:
-            self._errors[err.reason] += 1
-            self._log.warning("not attached: %s", err)
-            return
-        self._attached[link.ifindex] = _Attached(role, att)
-        if role is Role.CONTAINER:
-            self._container_ifindexes.add(link.ifindex)
-        else:
-            self._container_ifindexes.discard(link.ifindex)
-        self._log.info("attached to %s (ifindex %d) as %s", link.name, link.ifindex, role.value)
-
-    def _detach(self, ifindex: int, *, gone: bool = False) -> None:
-        entry = self._attached.pop(ifindex, None)
-        if entry is None or self._attacher is None:
-            return
-        try:
-            self._attacher.detach(entry.att)
-        except Exception as err:
-            if not gone:
-                self._log.warning("detaching from %s failed: %s", entry.att.ifname, err)
-
-    def _sweep_stale(self) -> None:
-        """Remove filters an earlier run left on interfaces this run does not hold by clsact."""
-        if self._watcher is None:
-            return
-        with self._lock:
-            keep = set()
-            if self._attacher is not None and self._attacher.mode == "clsact":
-                keep = set(self._attached)
-            for ifindex, link in self._watcher.links().items():
-                if ifindex in keep:
-                    continue
-                try:
-                    n = _remove_stale(ifindex)
-                except Exception as err:
-                    self._log.warning(
-                        "%s: removing stale retinad filters failed: %s", link.name, err
-                    )
-                    continue
-                if n:
-                    self._log.info("%s: removed %d stale retinad filters", link.name, n)
-
     # --- metrics ------------------------------------------------------------------------
 
     def _account(self) -> tuple[dict[str, list[tuple[Any, abi.TrafficValue]]], _Totals]:
@@ -344,8 +254,8 @@ class PacketParser:
         interleave, or a key taken by one pass would look vanished to the other.
         """
         metrics = self.ctx.metrics
-        with self._lock:
-            containers = frozenset(self._container_ifindexes)
+        links = self._links
+        containers = links.container_ifindexes() if links is not None else frozenset()
         with self._read_lock:
             data = {name: list(r.read()) for name, r in self._readers.items()}
             reading = Reading(
@@ -355,11 +265,49 @@ class PacketParser:
                 container_ifindexes=containers,
             )
             totals: _Totals = {}
+            if self._ledgers:
+                note_container_addresses(reading, self.ctx.resolver)
             for name, ledger in self._ledgers.items():
                 named = endpoint_records if name == "pp_endpoint" else remote_records
                 records: list[Record] = named(reading, self.ctx.resolver, metrics)
+                dropped = ledger.dropped
                 totals[name] = ledger.update(records)
+                if ledger.dropped > dropped:
+                    self._warn_cap(name, ledger)
         return data, totals
+
+    def _warn_cap(self, name: str, ledger: SeriesLedger) -> None:
+        now = time.monotonic()
+        if now - self._cap_warned_at.get(name, -CAP_WARNING_INTERVAL) < CAP_WARNING_INTERVAL:
+            return
+        self._cap_warned_at[name] = now
+        self._log.warning(
+            "map %s: [resolvers] max_endpoint_series = %d reached; new endpoints are counted "
+            "under the overflow endpoint (%d refused so far; next warning in %d s at most)",
+            MAP_LABELS[name], ledger.cap, ledger.dropped, int(CAP_WARNING_INTERVAL),
+        )  # fmt: skip
+
+    def _unparsed(self) -> Metric:
+        """retinad_packets_unparsed_total{reason, role, direction} from pp_unparsed."""
+        fam = CounterMetricFamily(
+            UNPARSED,
+            "Frames packetparser saw but could not count, by reason, interface role and "
+            "direction (see METRICS.md for the reasons).",
+            labels=["reason", "role", "direction"],
+        )
+        with self._read_lock:
+            table = self._bpf[b"pp_unparsed"] if self._bpf is not None else None
+            counts = [0] * abi.UNPARSED_SLOTS
+            if table is not None:
+                for slot in range(abi.UNPARSED_SLOTS):
+                    counts[slot] = int(table.sum(table.Key(slot)).value)
+        for r, reason in enumerate(abi.UNPARSED_REASONS):
+            for role in (Role.HOST, Role.CONTAINER):
+                for d in (abi.DIR_INGRESS, abi.DIR_EGRESS):
+                    # the direction counted, from the endpoint's point of view
+                    n = counts[abi.unparsed_slot(r, role is Role.HOST, d)]
+                    fam.add_metric([reason, role.value, direction_label(d)], n)
+        return fam
 
     def collect(self) -> Iterable[Metric]:
         data, totals = self._account()
@@ -379,28 +327,10 @@ class PacketParser:
         ]
         out = naming.map_gauges(triples)
         out.append(overflow_packets((MAP_LABELS[n], recs) for n, recs in data.items()))
+        out.append(self._unparsed())
         out.append(series_dropped((MAP_LABELS[n], lg.dropped) for n, lg in self._ledgers.items()))
-        out.extend(self._attach_metrics())
+        out.extend(self._links.metrics() if self._links else attach_families({}, []))
         return out
-
-    def _attach_metrics(self) -> list[Metric]:
-        errors = CounterMetricFamily(
-            naming.ATTACH_ERRORS,
-            "Failed attempts to attach retinad's programs, by reason.",
-            labels=["reason"],
-        )
-        attached = GaugeMetricFamily(
-            naming.ATTACHED_INTERFACES,
-            "Interfaces carrying packetparser's programs, by role.",
-            labels=["role"],
-        )
-        with self._lock:
-            for reason, n in sorted(self._errors.items()):
-                errors.add_metric([reason], n)
-            roles = Counter(a.role for a in self._attached.values())
-        for role in Role:
-            attached.add_metric([role.value], roles.get(role, 0))
-        return [errors, attached]
 
     def describe(self) -> Iterable[Metric]:
         m = self.ctx.metrics
@@ -416,20 +346,52 @@ class PacketParser:
         fams = [s.family(m.naming, ip_label=m.ip_label) for s in specs]
         fams += naming.map_gauges([])
         fams.append(overflow_packets([]))
+        fams.append(self._unparsed())
         fams.append(series_dropped([]))
-        fams += self._attach_metrics()
+        fams += self._links.metrics() if self._links else attach_families({}, [])
         return fams
 
     # --- for tests and diagnostics ----------------------------------------------------------
 
     def attached(self) -> dict[int, tuple[str, Role]]:
         """ifindex -> (interface name, role) of the current attachments."""
-        with self._lock:
-            return {i: (a.att.ifname, a.role) for i, a in self._attached.items()}
+        return self._links.attached() if self._links else {}
 
     def attach_errors(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._errors)
+        return self._links.attach_errors() if self._links else {}
+
+    def on_link(self, link: LinkInfo) -> None:
+        """Hand one link event to the reconciler (the test seam: see InterfaceReconciler)."""
+        if self._links is not None:
+            self._links.on_link(link)
+
+    def ledger_stats(self) -> dict[str, LedgerStats]:
+        """Per map label (``packetparser_endpoint``, ``packetparser_remote``): what its
+        series ledger holds now (advanced mode; empty in basic mode)."""
+        with self._read_lock:
+            return {
+                MAP_LABELS[name]: LedgerStats(
+                    series=lg.series_count(),
+                    bound_keys=lg.bound_keys(),
+                    evicted=lg.evicted,
+                    dropped=lg.dropped,
+                )
+                for name, lg in self._ledgers.items()
+            }
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    """A snapshot of one SeriesLedger (exporter/ledger.py), for tests and diagnostics."""
+
+    series: int
+    """Label sets exported."""
+    bound_keys: int
+    """Kernel map keys bound to a label set (UNCOUNTED ones included)."""
+    evicted: int
+    """Keys the ledger took out of the map (owner changed, or unknown and idle)."""
+    dropped: int
+    """Label sets refused by the cap."""
 
 
 def create(settings: PacketParserSettings, ctx: PluginContext) -> PacketParser:

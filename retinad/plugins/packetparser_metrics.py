@@ -8,14 +8,18 @@ pure lets the unit tests feed literal keys and values.
 
 Attribution rules:
 * Basic series sum the per-interface map by direction (only host interfaces feed it).
-* Endpoint series name each key's address: ``by_ifindex`` of the interface first when it
-  is attached as a container veth (it names its container), then ``by_ip``, else
-  UNKNOWN_ENDPOINT; the overflow key becomes OVERFLOW_ENDPOINT. Keys that end up with the
-  same labels are summed.
+* Endpoint series name each key's address by the interface (when it is attached as a
+  container veth) and the address, else UNKNOWN_ENDPOINT; the overflow key becomes
+  OVERFLOW_ENDPOINT. Keys that end up with the same labels are summed.
+* Endpoint and remote series name each key with the chain's one lookup rule
+  (``ResolverChain.endpoint``): resolver by resolver in order, by the container veth the
+  key was counted on, then by address.
 * A packet of a container that is routed without NAT is seen twice: on the container's
   veth and on the host interface it leaves by. Its address then appears in a key of a
-  container interface, and its keys on host interfaces are left out, so each packet counts
-  once for its endpoint.
+  container interface, and its keys on host interfaces (endpoint and remote maps) are
+  named UNCOUNTED (exporter/ledger.py): bound, never exported, and taken out of the map
+  when that changes, so each packet counts once for its endpoint, over any number of
+  scrapes and owner changes.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ from prometheus_client.metrics_core import Metric
 
 from retinad.config.schema import MetricsSettings
 from retinad.exporter import naming
-from retinad.exporter.ledger import Labels, Record, Values
+from retinad.exporter.ledger import UNCOUNTED, Labels, Record, Values
 from retinad.kernel import abi
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
-from retinad.resolvers.base import Resolver
+from retinad.resolvers.base import ResolverChain
 
 DIRECTIONS = (Direction.INGRESS, Direction.EGRESS)
 Family = CounterMetricFamily | GaugeMetricFamily
@@ -98,24 +102,34 @@ def _ip(raw: bytes | Iterable[int], family: int) -> str:
 
 
 def _endpoint_of(
-    resolver: Resolver, ifindex: int, addr: str, family: int, *, by_ifindex: bool
+    resolver: ResolverChain, ifindex: int, addr: str, family: int, *, by_ifindex: bool
 ) -> Endpoint:
     if family == abi.FAMILY_OVERFLOW:
         return OVERFLOW_ENDPOINT
-    if by_ifindex:
-        ep = resolver.by_ifindex(ifindex)
-        if ep is not None:
-            return ep
-    ep = resolver.by_ip(ipaddress.ip_address(addr))
+    ep = resolver.endpoint(ipaddress.ip_address(addr), ifindex if by_ifindex else None)
     return ep if ep is not None else UNKNOWN_ENDPOINT
 
 
-def _container_addrs(reading: Reading) -> set[tuple[int, bytes]]:
-    return {
-        (k.family, bytes(k.addr))
-        for k, _ in reading.endpoint or ()
-        if k.ifindex in reading.container_ifindexes and k.family != abi.FAMILY_OVERFLOW
+def container_addresses(reading: Reading) -> dict[tuple[int, bytes], int]:
+    """(family, 16-byte address) -> container veth ifindex, for every address a key of a
+    container veth counts (endpoint map, and remote map's local side)."""
+    found: dict[tuple[int, bytes], int] = {}
+    for k, _ in reading.endpoint or ():
+        if k.ifindex in reading.container_ifindexes and k.family != abi.FAMILY_OVERFLOW:
+            found[(k.family, bytes(k.addr))] = k.ifindex
+    for rk, _ in reading.remote or ():
+        if rk.ifindex in reading.container_ifindexes and rk.family != abi.FAMILY_OVERFLOW:
+            found.setdefault((rk.family, bytes(rk.local)), rk.ifindex)
+    return found
+
+
+def note_container_addresses(reading: Reading, resolver: ResolverChain) -> None:
+    """Tell the chain which veth each container address sits behind (for drop series)."""
+    behind = {
+        ipaddress.ip_address(_ip(raw, fam)): idx
+        for (fam, raw), idx in container_addresses(reading).items()
     }
+    resolver.note_container_addresses(behind)
 
 
 def traffic_values(v: abi.TrafficValue) -> Values:
@@ -142,16 +156,23 @@ def _is_live(ep: Endpoint) -> bool:
 
 
 def endpoint_records(
-    reading: Reading, resolver: Resolver, metrics: MetricsSettings
+    reading: Reading, resolver: ResolverChain, metrics: MetricsSettings
 ) -> list[Record]:
-    """Name each per-endpoint key (advanced mode); the ledger turns them into series."""
+    """Name each per-endpoint key (advanced mode); the ledger turns them into series.
+
+    A host-interface key of an address that a container veth key also counts holds the
+    same packets a second time (routed container traffic): it is named UNCOUNTED, so the
+    ledger keeps it bound but exports nothing from it, and takes it out of the map when
+    its name changes, so its history never comes back under a name.
+    """
     ip_label = metrics.ip_label
-    containers = _container_addrs(reading)
+    containers = container_addresses(reading)
     records: list[Record] = []
     for key, value in reading.endpoint or ():
         on_container = key.ifindex in reading.container_ifindexes
         if not on_container and (key.family, bytes(key.addr)) in containers:
-            continue  # the same packets are counted on the container's veth
+            records.append(Record(bytes(key), UNCOUNTED, traffic_values(value), True))
+            continue
         addr = "" if key.family == abi.FAMILY_OVERFLOW else _ip(key.addr, key.family)
         ep = _endpoint_of(resolver, key.ifindex, addr, key.family, by_ifindex=on_container)
         labels = (
@@ -177,16 +198,22 @@ def endpoint_families(totals: Mapping[Labels, Values], metrics: MetricsSettings)
     return [packets, nbytes, flags]
 
 
-def remote_records(reading: Reading, resolver: Resolver, metrics: MetricsSettings) -> list[Record]:
+def remote_records(
+    reading: Reading, resolver: ResolverChain, metrics: MetricsSettings
+) -> list[Record]:
     """Name each (local endpoint, remote endpoint) key (remote context)."""
     ip_label = metrics.ip_label
+    containers = container_addresses(reading)
     records: list[Record] = []
     for key, value in reading.remote or ():
+        on_container = key.ifindex in reading.container_ifindexes
+        if not on_container and (key.family, bytes(key.local)) in containers:
+            records.append(Record(bytes(key), UNCOUNTED, traffic_values(value), True))
+            continue  # counted on the container's veth (see endpoint_records)
         if key.family == abi.FAMILY_OVERFLOW:
             local, remote, lip, rip = OVERFLOW_ENDPOINT, OVERFLOW_ENDPOINT, "", ""
         else:
             lip, rip = _ip(key.local, key.family), _ip(key.remote, key.family)
-            on_container = key.ifindex in reading.container_ifindexes
             local = _endpoint_of(resolver, key.ifindex, lip, key.family, by_ifindex=on_container)
             remote = _endpoint_of(resolver, key.ifindex, rip, key.family, by_ifindex=False)
         labels = (

@@ -73,7 +73,16 @@ class Resolver(Protocol):
 
 
 class ResolverChain:
-    """Asks each resolver in turn; the first answer wins.
+    """Asks each resolver in turn; the first answer wins, for every kind of question.
+
+    ``endpoint(ip, ifindex)`` is the one lookup rule every plugin uses: each resolver, in
+    the configured order, is asked about the interface the address was seen behind (a
+    container veth) and then about the address, before the next resolver is asked
+    anything. So with ``order = ["kubernetes", "host"]`` a pod's IP is the pod's even on a
+    veth the host resolver names after its netns. Plugins that see no interface (drops)
+    pass none, and the chain uses the container veth packetparser last saw the address
+    behind (``note_container_addresses``), so forward and drop series name an address the
+    same way.
 
     Resolvers call ``notify_change`` whenever their index changes; consumers (the series
     ledgers of packetparser and dropreason) wait with ``wait_change`` and re-attribute
@@ -87,6 +96,7 @@ class ResolverChain:
         self.resolvers = list(resolvers)
         self._generation = 0
         self._cond = threading.Condition()
+        self._behind: dict[IPAddress, int] = {}
 
     def notify_change(self) -> None:
         with self._cond:
@@ -111,6 +121,23 @@ class ResolverChain:
     def stop(self) -> None:
         for r in reversed(self.resolvers):
             r.stop()
+
+    def note_container_addresses(self, behind: dict[IPAddress, int]) -> None:
+        """Replace the table address -> container veth ifindex it was last counted on."""
+        self._behind = {normalize_ip(ip): idx for ip, idx in behind.items()}
+
+    def endpoint(self, ip: IPAddress, ifindex: int | None = None) -> Endpoint | None:
+        """The one lookup rule (see the class docstring)."""
+        ip = normalize_ip(ip)
+        if ifindex is None:
+            ifindex = self._behind.get(ip)
+        for r in self.resolvers:
+            ep = r.by_ifindex(ifindex) if ifindex is not None else None
+            if ep is None:
+                ep = r.by_ip(ip)
+            if ep is not None:
+                return ep
+        return None
 
     def by_ip(self, ip: IPAddress) -> Endpoint | None:
         ip = normalize_ip(ip)

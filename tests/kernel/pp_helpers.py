@@ -12,8 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +27,10 @@ from retinad.model import Endpoint
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser import PacketParser
 from retinad.resolvers.base import IPAddress, ResolverChain
+from tests.daemon_proc import wait_for
 from tests.netns import Netns
+
+__all__ = ["wait_for"]  # re-exported: the suite's one poll-with-deadline
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -97,10 +99,12 @@ def make_plugin(
     *,
     resolver: Any = None,
     metrics: MetricsSettings | None = None,
+    resolvers: list[Any] | None = None,
 ) -> PacketParser:
+    """The plugin over a chain of ``resolvers`` (in order), or of ``resolver`` alone."""
     ctx = PluginContext(
         metrics=metrics or MetricsSettings(),
-        resolver=ResolverChain([resolver or StaticResolver()]),
+        resolver=ResolverChain(resolvers or [resolver or StaticResolver()]),
         bpf_dir=find_bpf_dir(),
         logger=logging.getLogger("retinad.packetparser"),
     )
@@ -122,18 +126,6 @@ def samples(families: Iterable[Metric]) -> Samples:
 def value(smp: Samples, metric: str, **labels: str) -> float:
     """One sample's value; 0 if absent (a counter that has not appeared yet)."""
     return smp.get((metric, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_for(fn: Callable[[], T], *, timeout: float = 5.0, what: str = "condition") -> T:
-    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = fn()
-        if res:
-            return res
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {res!r})")
-        time.sleep(0.01)
 
 
 def tcx_count(ifidx: int) -> tuple[int, int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import secrets
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from retinad.model import Endpoint
 from retinad.plugins.base import PluginContext
 from retinad.plugins.dropreason import MAP_NAME, DropReasonPlugin, create
 from retinad.resolvers.base import IPAddress, ResolverChain
+from tests.daemon_proc import wait_for
 from tests.fixtures.btf_writer import BtfWriter
 from tests.netns import Netns, veth_to
 
@@ -155,12 +155,10 @@ def value(families: Iterable[Metric], metric: str, **labels: str) -> float:
 
 
 def wait_value(read: Callable[[], float], expected: float, timeout: float = 10.0) -> float:
-    """Poll until ``read()`` reaches ``expected`` (drops in softirq may trail the send)."""
-    deadline = time.monotonic() + timeout
-    got = read()
-    while got < expected and time.monotonic() < deadline:
-        time.sleep(0.02)  # poll interval, not synchronisation: the deadline decides
-        got = read()
+    """Poll until ``read()`` reaches ``expected`` (drops in softirq may trail the send);
+    returns the value then, so callers assert it is exactly that."""
+    (got,) = wait_for(lambda: (v := read()) >= expected and (v,), timeout=timeout,
+                      what=f"the value to reach {expected}")  # fmt: skip
     return got
 
 

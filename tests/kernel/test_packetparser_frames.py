@@ -299,7 +299,42 @@ IGNORED = {
 }
 
 
+WHY = {
+    "ICMP": "not_tcp_udp",
+    "ARP": "not_ip",
+    "TCP truncated at 12 of 20 header bytes": "truncated",
+    "UDP truncated at 6 of 8 header bytes": "truncated",
+    "IPv4 IHL 3": "bad_header",
+    "IPv4 options claimed, frame too short": "truncated",
+    "version 6 in an IPv4 ethertype": "bad_header",
+    "TCP data offset 2": "bad_header",
+    "IPv6 with 7 extension headers": "ipv6_ext_chain",
+    "three VLAN tags": "not_ip",
+    "all 0xff": "not_ip",
+    "all zero": "not_ip",
+    "IPv6 truncated extension header": "truncated",
+}
+"""The retinad_packets_unparsed_total reason each ignored frame is counted under."""
+SLOT_OF = {  # program -> (host role, direction counted)
+    "pp_host_ingress": (True, abi.DIR_INGRESS),
+    "pp_host_egress": (True, abi.DIR_EGRESS),
+    "pp_ep_ingress": (False, abi.DIR_EGRESS),
+    "pp_ep_egress": (False, abi.DIR_INGRESS),
+}
+
+
+def unparsed(loaded: Loaded) -> list[int]:
+    table = loaded.bpf[b"pp_unparsed"]
+    return [int(table.sum(table.Key(i)).value) for i in range(abi.UNPARSED_SLOTS)]
+
+
 @pytest.mark.parametrize("name", list(IGNORED))
 def test_unparseable_frames_are_not_counted(loaded: Loaded, name: str) -> None:
+    reason = abi.UNPARSED_REASONS.index(WHY[name])
     for prog in loaded.fds:
+        before = unparsed(loaded)
         assert run(loaded, prog, IGNORED[name]) == {}, prog
+        after = unparsed(loaded)
+        slot = abi.unparsed_slot(reason, *SLOT_OF[prog])
+        want = [b + (i == slot) for i, b in enumerate(before)]
+        assert after == want, f"{prog}: counted once under {WHY[name]}"

@@ -305,7 +305,7 @@ def test_interface_vanishing_mid_attach_is_counted_not_fatal(
         # The netlink event for a veth that is already gone when the attach runs.
         ghost = LinkInfo(ifindex=99999, name="rtghost", kind="veth", up=True, loopback=False,
                          link_netnsid=0)  # fmt: skip
-        pp._on_link(ghost)
+        pp.on_link(ghost)
         assert pp.attach_errors() == {"no_such_interface": 1}
         s = scrape(pp)
         assert value(s, "retinad_attach_errors_total", reason="no_such_interface") == 1
@@ -383,6 +383,13 @@ def test_vlan_truncated_and_garbage_frames_through_a_veth(containers: Containers
         assert value(s, PKTS, **egress("10.55.0.9")) == 0
         total = sum(v for (n, _), v in s.items() if n == PKTS)
         assert total == 3
+        # Not counted, but not unseen: each bad frame once under its reason, on the
+        # container's egress (tc ingress of its veth).
+        un = "retinad_packets_unparsed_total"
+        where = {"role": "container", "direction": "egress"}
+        assert value(s, un, reason="truncated", **where) == 6
+        assert value(s, un, reason="not_ip", **where) == 2
+        assert value(s, un, reason="truncated", role="host", direction="egress") == 0
         # Traffic still flows after all that.
         send_udp(c.ns, c.host_ip, 3, 100)
         wait_for(lambda: value(scrape(pp), PKTS, **egress(c.peer_ip)) == 3, what="3 packets")

@@ -27,7 +27,7 @@ from retinad.config.schema import (
 from retinad.kernel.compile import find_bpf_dir
 from retinad.model import Endpoint
 from retinad.plugins.base import PluginContext
-from retinad.plugins.packetparser import PacketParser
+from retinad.plugins.packetparser import LedgerStats, PacketParser
 from retinad.resolvers.base import IPAddress, ResolverChain
 from retinad.resolvers.index import Claim, EndpointIndex
 from tests.kernel.pp_helpers import ifindex, inject, inside, mac_of, samples, value, wait_for
@@ -96,6 +96,10 @@ def start_plugin(grace: int, cap: int = 10000) -> tuple[PacketParser, IndexResol
     return pp, res
 
 
+def stats(pp: PacketParser) -> LedgerStats:
+    return pp.ledger_stats()[EP_MAP]
+
+
 def frames(link: VethLink, sources: list[str], size: int = 100) -> list[bytes]:
     dst_mac = mac_of(None, link.host)
     udp = UDP(sport=1000, dport=9) / Raw(b"h" * size)
@@ -115,10 +119,9 @@ def test_ip_handed_to_a_new_owner_keeps_old_counts_and_expires_them(link: VethLi
 
         # Kubernetes deletes the old pod and gives its IP to a new one. The sweeper (not a
         # scrape) takes the key out of the kernel map as soon as the index changes.
-        ledger = pp._ledgers["pp_endpoint"]
         res.index.remove("uid-old")
         res.index.put("uid-new", Claim.of(new, [ipaddress.ip_address(ip)]))
-        wait_for(lambda: ledger.evicted == 1, what="the key freed by the sweeper")
+        wait_for(lambda: stats(pp).evicted == 1, what="the key freed by the sweeper")
         inject(link.ns, "eth0", frames(link, [ip] * 3))
 
         s = wait_for(
@@ -161,7 +164,6 @@ def test_5000_short_lived_endpoints_stay_bounded(link: VethLink) -> None:
     """
     grace = 1
     pp, res = start_plugin(grace=grace, cap=10000)
-    ledger = pp._ledgers["pp_endpoint"]
     try:
         wait_for(lambda: ifindex(link.host) in pp.attached(), what="attached")
         rss_after_warmup = 0
@@ -182,7 +184,7 @@ def test_5000_short_lived_endpoints_stay_bounded(link: VethLink) -> None:
             s = samples(pp.collect())
             peak_entries = max(peak_entries, int(value(s, ENTRIES, map="packetparser_endpoint")))
             recent = sum(1 for t in died_at if now - t < grace + 0.5)
-            assert ledger.series_count() <= 2 + 100 * (1 + recent), (wave, recent)
+            assert stats(pp).series <= 2 + 100 * (1 + recent), (wave, recent)
             for i in range(100):
                 res.index.remove(f"w{wave}-{i}")
             died_at.append(time.monotonic())
@@ -192,12 +194,44 @@ def test_5000_short_lived_endpoints_stay_bounded(link: VethLink) -> None:
 
         def drained() -> bool:
             s = samples(pp.collect())
-            return ledger.series_count() == 2 and value(s, ENTRIES, map=EP_MAP) == 2
+            return stats(pp).series == 2 and value(s, ENTRIES, map=EP_MAP) == 2
 
         wait_for(drained, timeout=10, what="only the two overflow series and keys left")
-        assert ledger.evicted == 5000
-        assert ledger.bound_keys() == 2
+        assert stats(pp).evicted == 5000
+        assert stats(pp).bound_keys == 2
         assert peak_entries <= 2 + 100 * 2, peak_entries
         assert rss_growth < 8 * 1024, f"RSS grew {rss_growth} KiB over 40 waves"
+    finally:
+        pp.stop()
+
+
+def test_cap_counts_series_and_warns_once(link: VethLink, caplog: pytest.LogCaptureFixture) -> None:
+    """max_endpoint_series = 20: two endpoints (10 series each at worst) get series, the
+    other three are counted as overflow, and one warning says so."""
+    caplog.set_level(logging.WARNING, logger="retinad")
+    pp, res = start_plugin(grace=300, cap=20)
+    try:
+        wait_for(lambda: ifindex(link.host) in pp.attached(), what="attached")
+        ips = [f"10.78.7.{i}" for i in range(1, 6)]
+        for i, ip in enumerate(ips):
+            res.index.put(f"c{i}", Claim.of(pod(f"c{i}"), [ipaddress.ip_address(ip)]))
+        inject(link.ns, "eth0", frames(link, ips))
+        over = labels(Endpoint(namespace="", name="overflow", workload_kind="overflow",
+                               workload_name="overflow"))  # fmt: skip
+        s = wait_for(
+            lambda: (s := samples(pp.collect())) and value(s, PKTS, **over) == 3 and s,
+            what="3 packets counted as overflow",
+            timeout=3,
+        )
+        named = [v for (n, ls), v in s.items() if n == PKTS and ("name", "overflow") not in ls]
+        assert sorted(named) == [1, 1]
+        assert value(s, "retinad_series_dropped_total", map=EP_MAP) == 3
+        samples(pp.collect())
+        warned = [r.getMessage() for r in caplog.records if "max_endpoint_series" in r.getMessage()]
+        assert warned == [
+            "map packetparser_endpoint: [resolvers] max_endpoint_series = 20 reached; new "
+            "endpoints are counted under the overflow endpoint (3 refused so far; next "
+            "warning in 300 s at most)"
+        ]
     finally:
         pp.stop()

@@ -45,9 +45,15 @@ def test_include_that_matches_nothing_still_takes_container_veths() -> None:
     assert select_interfaces(ALL, sel, container_interfaces=True) == {5: Role.CONTAINER}
 
 
-def test_exclude_wins_for_hosts_and_containers() -> None:
+def test_exclude_trims_host_interfaces_only() -> None:
     sel = InterfaceSelection(exclude=["veth*", "docker?"])
-    assert select_interfaces(ALL, sel, container_interfaces=True) == {2: Role.HOST}
+    assert select_interfaces(ALL, sel, container_interfaces=True) == {
+        2: Role.HOST,
+        5: Role.CONTAINER,
+    }
+    star = InterfaceSelection(exclude=["*"])
+    assert select_interfaces(ALL, star, container_interfaces=True) == {5: Role.CONTAINER}
+    assert select_interfaces(ALL, star, container_interfaces=False) == {}
 
 
 @pytest.mark.parametrize(
@@ -89,3 +95,20 @@ def test_link_from_msg_without_a_name_is_none() -> None:
     msg["index"] = 7
     msg["attrs"] = []
     assert link_from_msg(msg) is None
+
+
+@pytest.mark.parametrize(
+    ("ifi_type", "l3"),
+    [(1, False), (772, False), (0xFFFE, True), (768, True), (778, True), (823, True)],
+    ids=["ether", "loopback", "none-tun-wireguard", "ipip", "gre", "ip6gre"],
+)
+def test_link_type_decides_whether_packets_start_at_the_ip_header(ifi_type: int, l3: bool) -> None:
+    msg = ifinfmsg()
+    msg["index"] = 9
+    msg["ifi_type"] = ifi_type
+    msg["attrs"] = [("IFLA_IFNAME", "x0")]
+    msg.encode()
+    parsed = ifinfmsg(msg.data)
+    parsed.decode()
+    info = link_from_msg(parsed)
+    assert info is not None and info.l3 is l3

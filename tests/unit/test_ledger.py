@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
+from retinad.exporter.ledger import UNCOUNTED, Labels, Record, SeriesLedger, Values
 
 A = ("ingress", "shop", "web-1")
 B = ("ingress", "shop", "web-2")
@@ -134,3 +134,25 @@ def test_churn_is_bounded() -> None:
     # live endpoints + those dead within the grace period (5 s / 0.1 s per step)
     assert peak_series <= 50 + 51
     assert ledger.coarse_totals() == {("ingress",): (5000, 5000)}
+
+
+def test_cap_counts_series_at_their_worst_case() -> None:
+    """cap=25 series, 10 per label set (packets, bytes, 8 flags): 2 label sets fit."""
+    fm = FakeMap()
+    ledger = SeriesLedger(width=2, grace=300, cap=25, overflow=lambda ls: (ls[0], "", "overflow"),
+                          take=fm.take, series_per_labels=10)  # fmt: skip
+    c = ("ingress", "shop", "web-3")
+    totals = ledger.update([rec(b"1", A, (1, 1)), rec(b"2", B, (2, 2)), rec(b"3", c, (4, 4))])
+    assert totals == {A: (1, 1), B: (2, 2), OVERFLOW: (4, 4)}
+    assert ledger.dropped == 1
+
+
+def test_uncounted_keys_are_never_exported_and_leave_the_map_when_named() -> None:
+    ledger, fm, _ = make()
+    fm.values[b"h"] = (9, 9)
+    assert ledger.update([rec(b"h", UNCOUNTED, (9, 9))]) == {}
+    assert ledger.series_count() == 0 and ledger.coarse_totals() == {}
+    # The other key is gone: the key is named now, so it is taken (its history discarded).
+    assert ledger.update([rec(b"h", A, (9, 9))]) == {}
+    assert fm.taken == [b"h"]
+    assert ledger.update([rec(b"h", A, (1, 1))]) == {A: (1, 1)}

@@ -24,7 +24,7 @@ from retinad.plugins.packetparser_metrics import (
 from retinad.plugins.packetparser_metrics import (
     remote_families as _remote_families,
 )
-from retinad.resolvers.base import IPAddress
+from retinad.resolvers.base import IPAddress, ResolverChain
 
 WEB = Endpoint(namespace="shop", name="web-1", workload_kind="container", workload_name="web")
 HOST = Endpoint(namespace="", name="node", workload_kind="host", workload_name="node")
@@ -54,13 +54,13 @@ def endpoint_families(r: Reading, res: Tables, m: MetricsSettings) -> list:  # t
     """One scrape as the plugin does it: name the keys, pass them through a ledger."""
     ledger = SeriesLedger(width=10, grace=300, cap=100, overflow=endpoint_overflow(m),
                           take=lambda k: None)  # fmt: skip
-    return _endpoint_families(ledger.update(endpoint_records(r, res, m)), m)
+    return _endpoint_families(ledger.update(endpoint_records(r, ResolverChain([res]), m)), m)
 
 
 def remote_families(r: Reading, res: Tables, m: MetricsSettings) -> list:  # type: ignore[type-arg]
     ledger = SeriesLedger(width=10, grace=300, cap=100, overflow=remote_overflow(m),
                           take=lambda k: None)  # fmt: skip
-    return _remote_families(ledger.update(remote_records(r, res, m)), m)
+    return _remote_families(ledger.update(remote_records(r, ResolverChain([res]), m)), m)
 
 
 def tv(packets: int, nbytes: int, **flags: int) -> abi.TrafficValue:
@@ -192,3 +192,86 @@ def test_remote_context_and_overflow_counter() -> None:
     assert [(x.labels, x.value) for x in fam.samples if x.name.endswith("_total")] == [
         ({"map": "packetparser_remote"}, 2)
     ]
+
+
+class KernelMap:
+    """The kernel map's semantics the ledger relies on: keys count until taken (lookup and
+    delete), a packet to a taken key recreates it from zero."""
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, list[int]] = {}
+
+    def count(self, key: abi.EndpointKey | abi.RemoteKey, n: int) -> None:
+        slot = self.keys.setdefault(bytes(key), [0, 0])
+        slot[0] += n
+        slot[1] += n * 100
+
+    def take(self, key: bytes) -> tuple[int, ...] | None:
+        v = self.keys.pop(key, None)
+        return None if v is None else (v[0], v[1], *([0] * abi.TCP_NFLAGS))
+
+    def records(self, key_type: type[ctypes.Structure]) -> list:  # type: ignore[type-arg]
+        return [(key_type.from_buffer_copy(k), tv(v[0], v[1])) for k, v in self.keys.items()]
+
+
+def test_counted_once_over_six_scrapes_with_an_owner_change_in_the_middle() -> None:
+    """Routed container traffic is in a veth key and a host-interface key (endpoint and
+    remote maps). Owner A leaves (its veth 7 goes away), B gets the IP behind veth 9."""
+    m = MetricsSettings()
+    a = Endpoint(namespace="shop", name="a", workload_kind="container", workload_name="a")
+    b = Endpoint(namespace="shop", name="b", workload_kind="container", workload_name="b")
+    world = Endpoint(namespace="", name="world", workload_kind="host", workload_name="w")
+    res = Tables({"192.0.2.9": world}, {7: a})
+    chain = ResolverChain([res])
+    ep_map, rm_map = KernelMap(), KernelMap()
+    ep_ledger = SeriesLedger(width=10, grace=300, cap=1000, overflow=endpoint_overflow(m),
+                             take=ep_map.take)  # fmt: skip
+    rm_ledger = SeriesLedger(width=10, grace=300, cap=1000, overflow=remote_overflow(m),
+                             take=rm_map.take)  # fmt: skip
+    containers = frozenset({7, 9})
+
+    def send(veth: int, n: int) -> None:  # one routed packet: veth ingress, eth0 (2) egress
+        for idx in (veth, 2):
+            ep_map.count(ek("10.0.0.5", idx, 2), n)
+            rk = abi.RemoteKey(ifindex=idx, direction=2, family=abi.FAMILY_IPV4)
+            ctypes.memmove(rk.local, addr16("10.0.0.5"), 16)
+            ctypes.memmove(rk.remote, addr16("192.0.2.9"), 16)
+            rm_map.count(rk, n)
+
+    def scrape() -> tuple[dict, dict]:  # type: ignore[type-arg]
+        r = Reading(
+            iface=[],
+            endpoint=ep_map.records(abi.EndpointKey),
+            remote=rm_map.records(abi.RemoteKey),
+            container_ifindexes=containers,
+        )
+        ep = flat(_endpoint_families(ep_ledger.update(endpoint_records(r, chain, m)), m))
+        rm = flat(_remote_families(rm_ledger.update(remote_records(r, chain, m)), m))
+        return ep, rm
+
+    def pk(owner: Endpoint) -> tuple:  # type: ignore[type-arg]
+        return ("retinad_endpoint_forward_packets_total", labels("egress", owner))
+
+    def rpk(owner: Endpoint) -> int:
+        want = "retinad_endpoint_remote_forward_packets_total"
+        return sum(v for (n, ls), v in scrape()[1].items() if n == want and
+                   ("name", owner.name) in ls)  # fmt: skip
+
+    send(7, 5)
+    ep, _ = scrape()  # 1
+    assert ep[pk(a)] == 5 and pk(b) not in ep
+    assert rpk(a) == 5  # 2: remote series are not doubled either
+    # A is deleted; its veth 7 is gone; B gets the IP behind veth 9 (no packet yet).
+    res.ifindexes = {9: b}
+    res.ips[ipaddress.ip_address("10.0.0.5")] = b
+    ep, _ = scrape()  # 3: A's key is taken with its final count
+    assert ep[pk(a)] == 5 and ep.get(pk(b), 0) == 0
+    ep, _ = scrape()  # 4: the host-interface key does not come back with A's history
+    assert ep[pk(a)] == 5 and ep.get(pk(b), 0) == 0
+    send(9, 3)
+    ep, _ = scrape()  # 5
+    assert (ep[pk(a)], ep[pk(b)]) == (5, 3)
+    send(9, 4)
+    ep, _ = scrape()  # 6
+    assert (ep[pk(a)], ep[pk(b)]) == (5, 7)
+    assert (rpk(a), rpk(b)) == (5, 7)  # 7

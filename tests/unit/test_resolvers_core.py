@@ -192,10 +192,24 @@ def test_build_chain_passes_the_change_callback() -> None:
     settings = parse_config('[resolvers]\norder = ["static", "host"]\n', source="t")
     chain = build_chain(settings, logging.getLogger("t"))
     assert [r.name for r in chain.resolvers] == ["static", "host"]
-    g = chain.generation
-    host = chain.resolvers[1]
-    host._on_change()  # type: ignore[attr-defined]  # what its netlink thread calls
-    assert chain.generation == g + 1
+    # A real change the host resolver sees (a container veth appears, in a namespace of
+    # this test's own) moves the chain's generation: the callback is wired.
+    from tests.kernel.pp_helpers import inside
+    from tests.netns import Netns, veth_to
+
+    host_ns, container = Netns(), Netns()
+    try:
+        with inside(host_ns):
+            chain.start()
+            try:
+                g = chain.generation
+                veth_to(container, host_ip="10.82.0.1", peer_ip="10.82.0.2")
+                assert chain.wait_change(g, timeout=10) > g
+            finally:
+                chain.stop()
+    finally:
+        container.close()
+        host_ns.close()
 
 
 @pytest.mark.parametrize("order", [["docker"], ["containerd"], ["kubernetes"]])

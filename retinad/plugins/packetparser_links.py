@@ -1,0 +1,267 @@
+"""packetparser's interface reconciliation: which interfaces carry which programs, kept
+true from netlink link events.
+
+``InterfaceReconciler`` follows the interfaces of this namespace (kernel/links.py), decides
+each one's role from the [packetparser] selection (kernel/interfaces.py) and attaches the
+role's programs (kernel/attach.py): host programs, their ``_l3`` variant on links without
+a MAC header, or container-veth programs. A role changes only when the interface's own
+record or the selection (on reload) says so; an interface that disappears is forgotten.
+Attach failures are logged and counted by reason, never fatal. The collection side
+(packetparser.py) only asks which interfaces are container veths.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from retinad.config.schema import PacketParserSettings
+from retinad.errors import AttachError
+from retinad.exporter import naming
+from retinad.kernel.attach import Attacher, Attachment, Hook, Program
+from retinad.kernel.attach import remove_stale_filters as _remove_stale
+from retinad.kernel.interfaces import LinkInfo, Role, role_of
+from retinad.kernel.links import LinkWatcher
+
+PROGRAMS: dict[Role, dict[Hook, str]] = {
+    Role.HOST: {Hook.INGRESS: "pp_host_ingress", Hook.EGRESS: "pp_host_egress"},
+    Role.CONTAINER: {Hook.INGRESS: "pp_ep_ingress", Hook.EGRESS: "pp_ep_egress"},
+}
+L3_PROGRAMS: dict[Hook, str] = {
+    Hook.INGRESS: "pp_host_ingress_l3",
+    Hook.EGRESS: "pp_host_egress_l3",
+}
+"""Host programs for links without a MAC header (LinkInfo.l3: tun, WireGuard, ipip)."""
+PROGRAM_NAMES = tuple(
+    name for table in (*PROGRAMS.values(), L3_PROGRAMS) for name in table.values()
+)
+"""Every program the reconciler may attach: packetparser.py loads them all."""
+INTERFACE_INFO = "retinad_interface_info"
+
+
+@dataclass
+class _Attached:
+    role: Role
+    att: Attachment
+
+
+class InterfaceReconciler:
+    """Keeps the attachments matching the selection; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: PacketParserSettings,
+        attacher: Attacher,
+        programs: Mapping[str, Program],
+        logger: logging.Logger,
+    ) -> None:
+        self.settings = settings
+        self._attacher = attacher
+        self._programs = dict(programs)
+        self._log = logger
+        self._lock = threading.RLock()
+        self._watcher: LinkWatcher | None = None
+        self._attached: dict[int, _Attached] = {}
+        self._container_ifindexes: set[int] = set()
+        self._errors: Counter[str] = Counter()
+
+    @property
+    def mode(self) -> str:
+        return self._attacher.mode
+
+    def start(self) -> None:
+        """Follow the links (attaching every selected one now), warn about patterns that
+        match nothing, and remove filters a crashed run left behind."""
+        self._watcher = LinkWatcher(
+            on_link=self.on_link,
+            on_link_removed=self._on_link_removed,
+            logger=self._log,
+            name="packetparser-links",
+        )
+        self._watcher.start()
+        self._warn_unmatched()
+        self._sweep_stale()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        with self._lock:
+            for ifindex in list(self._attached):
+                self._detach(ifindex)
+
+    def reselect(self, settings: PacketParserSettings) -> None:
+        """Apply a reloaded selection to every known interface."""
+        with self._lock:
+            self.settings = settings
+            links = self._watcher.links() if self._watcher else {}
+            for ifindex in list(self._attached):
+                if ifindex not in links:
+                    self._detach(ifindex)
+            for link in links.values():
+                self._reconcile(link)
+        self._warn_unmatched()
+
+    @property
+    def alive(self) -> bool:
+        return self._watcher is not None and self._watcher.alive
+
+    def status(self) -> str:
+        return f"attached to {len(self._attached)} interfaces ({self.mode})"
+
+    def attached(self) -> dict[int, tuple[str, Role]]:
+        """ifindex -> (interface name, role) of the current attachments."""
+        with self._lock:
+            return {i: (a.att.ifname, a.role) for i, a in self._attached.items()}
+
+    def attach_errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)
+
+    def container_ifindexes(self) -> frozenset[int]:
+        """Interfaces attached (now or earlier in this run) as container veths."""
+        with self._lock:
+            return frozenset(self._container_ifindexes)
+
+    # --- events -----------------------------------------------------------------------
+
+    def on_link(self, link: LinkInfo) -> None:
+        """The link watcher's callback for a new or changed interface. Public as the test
+        seam for events the kernel cannot be made to show on demand (an interface already
+        gone when its event is handled)."""
+        with self._lock:
+            self._reconcile(link)
+
+    def _on_link_removed(self, link: LinkInfo) -> None:
+        with self._lock:
+            if link.ifindex in self._attached:
+                self._log.info("%s (ifindex %d) is gone", link.name, link.ifindex)
+                self._detach(link.ifindex, gone=True)
+
+    def _reconcile(self, link: LinkInfo) -> None:
+        """Attach, re-attach or detach one interface so it matches the selection."""
+        role = role_of(
+            link,
+            self.settings.interfaces,
+            container_interfaces=self.settings.container_interfaces,
+        )
+        current = self._attached.get(link.ifindex)
+        if current is not None and current.role == role:
+            return
+        if current is not None:
+            self._detach(link.ifindex)
+        if role is None:
+            return
+        table = L3_PROGRAMS if role is Role.HOST and link.l3 else PROGRAMS[role]
+        progs = {hook: self._programs[name] for hook, name in table.items()}
+        try:
+            att = self._attacher.attach(link.ifindex, link.name, progs)
+        except AttachError as err:
+            self._errors[err.reason] += 1
+            self._log.warning("not attached: %s", err)
+            return
+        self._attached[link.ifindex] = _Attached(role, att)
+        if role is Role.CONTAINER:
+            self._container_ifindexes.add(link.ifindex)
+        else:
+            self._container_ifindexes.discard(link.ifindex)
+        self._log.info("attached to %s (ifindex %d) as %s", link.name, link.ifindex, role.value)
+
+    def _detach(self, ifindex: int, *, gone: bool = False) -> None:
+        entry = self._attached.pop(ifindex, None)
+        if entry is None:
+            return
+        try:
+            self._attacher.detach(entry.att)
+        except Exception as err:
+            if not gone:
+                self._log.warning("detaching from %s failed: %s", entry.att.ifname, err)
+
+    def _warn_unmatched(self) -> None:
+        """Warn, naming the pattern, for each include pattern no interface matches now (it
+        stays in force: a matching interface is attached as soon as it appears), and when
+        exclude leaves no host interface."""
+        if self._watcher is None:
+            return
+        names = [link.name for link in self._watcher.links().values()]
+        sel = self.settings.interfaces
+        for pattern in sel.include:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                self._log.warning(
+                    "[packetparser.interfaces] include pattern %r matches no interface; "
+                    "watching for one to appear",
+                    pattern,
+                )
+        with self._lock:
+            hosts = sum(1 for a in self._attached.values() if a.role is Role.HOST)
+        if sel.exclude and not hosts:
+            self._log.warning(
+                "[packetparser.interfaces] exclude %s leaves no host interface; "
+                "watching for one to appear",
+                list(sel.exclude),
+            )
+
+    def _sweep_stale(self) -> None:
+        """Remove filters an earlier run left on interfaces this run does not hold by clsact."""
+        if self._watcher is None:
+            return
+        with self._lock:
+            keep = set(self._attached) if self.mode == "clsact" else set()
+            for ifindex, link in self._watcher.links().items():
+                if ifindex in keep:
+                    continue
+                try:
+                    n = _remove_stale(ifindex)
+                except Exception as err:
+                    self._log.warning(
+                        "%s: removing stale retinad filters failed: %s", link.name, err
+                    )
+                    continue
+                if n:
+                    self._log.info("%s: removed %d stale retinad filters", link.name, n)
+
+    # --- metrics ------------------------------------------------------------------------
+
+    def metrics(self) -> list[Metric]:
+        """retinad_attach_errors_total, retinad_attached_interfaces, retinad_interface_info."""
+        with self._lock:
+            errors = dict(self._errors)
+            rows = [(a.att.ifname, idx, a.role, a.att.mode) for idx, a in self._attached.items()]
+        return attach_families(errors, rows)
+
+
+def attach_families(
+    errors: Mapping[str, int], rows: Sequence[tuple[str, int, Role, str]]
+) -> list[Metric]:
+    """The attachment families from errors by reason and (name, ifindex, role, mode) rows;
+    ``attach_families({}, [])`` for describe()."""
+    err = CounterMetricFamily(
+        naming.ATTACH_ERRORS,
+        "Failed attempts to attach retinad's programs, by reason.",
+        labels=["reason"],
+    )
+    attached = GaugeMetricFamily(
+        naming.ATTACHED_INTERFACES,
+        "Interfaces carrying packetparser's programs, by role.",
+        labels=["role"],
+    )
+    info = GaugeMetricFamily(
+        INTERFACE_INFO,
+        "1 for each interface carrying packetparser's programs.",
+        labels=["interface", "ifindex", "role", "attach_mode"],
+    )
+    for reason, n in sorted(errors.items()):
+        err.add_metric([reason], n)
+    roles = Counter(role for _, _, role, _ in rows)
+    for role in Role:
+        attached.add_metric([role.value], roles.get(role, 0))
+    for name, idx, role, mode in sorted(rows, key=lambda r: r[1]):
+        info.add_metric([name, str(idx), role.value, mode], 1)
+    return [err, attached, info]
