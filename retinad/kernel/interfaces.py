@@ -86,7 +86,11 @@ def _matches(name: str, globs: Iterable[str]) -> bool:
 
 
 def role_of(
-    link: LinkInfo, selection: InterfaceSelection, *, container_interfaces: bool
+    link: LinkInfo,
+    selection: InterfaceSelection,
+    *,
+    container_interfaces: bool,
+    uplink: bool = False,
 ) -> Role | None:
     """The role ``link`` gets under these settings, or None to leave it alone.
 
@@ -95,14 +99,20 @@ def role_of(
     veth; exclude then removes names from those (CONFIG.md: "removed from what include
     selected"). Container veths are containers when container_interfaces is on, whatever
     exclude says: exclude trims host interfaces only.
+
+    ``uplink``: the link carries one of this namespace's default routes. A veth whose peer
+    is elsewhere is then the namespace's own way out, not a container's: that is retinad
+    running inside a container or a systemd/LXC machine, where eth0 is a veth to the
+    parent's bridge. No host ever routes its default through a container's veth.
     """
+    container_veth = link.container_veth and not uplink
     if selection.include:
         host = _matches(link.name, selection.include)
     else:
-        host = link.up and not link.loopback and not link.container_veth
+        host = link.up and not link.loopback and not container_veth
     if host and not _matches(link.name, selection.exclude):
         return Role.HOST
-    if container_interfaces and link.container_veth and not host:
+    if container_interfaces and container_veth and not host:
         return Role.CONTAINER
     return None
 

@@ -228,3 +228,23 @@ class LinkWatcher:
             fn(arg)
         except Exception as err:  # a callback bug must not stop interface tracking
             self._log.error("%s: handling %r failed: %s", self._name, arg, err, exc_info=err)
+
+
+def default_route_ifindexes() -> frozenset[int]:
+    """Interfaces that carry a default route (IPv4 or IPv6) in this network namespace.
+
+    Asked only when a veth whose peer is in another namespace is first seen (see
+    ``interfaces.role_of``), so one short netlink dump per new container veth.
+    """
+    from pyroute2 import IPRoute
+
+    found: set[int] = set()
+    with IPRoute() as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_default_routes(family=family):
+                oif = route.get_attr("RTA_OIF")
+                if oif is not None:
+                    found.add(int(oif))
+                multipath = route.get_attr("RTA_MULTIPATH") or []
+                found.update(int(hop["oif"]) for hop in multipath if hop.get("oif"))
+    return frozenset(found)

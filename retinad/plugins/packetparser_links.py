@@ -28,7 +28,7 @@ from retinad.exporter import naming
 from retinad.kernel.attach import Attacher, Attachment, Hook, Program
 from retinad.kernel.attach import remove_stale_filters as _remove_stale
 from retinad.kernel.interfaces import LinkInfo, Role, role_of
-from retinad.kernel.links import LinkWatcher
+from retinad.kernel.links import LinkWatcher, default_route_ifindexes
 
 PROGRAMS: dict[Role, dict[Hook, str]] = {
     Role.HOST: {Hook.INGRESS: "pp_host_ingress", Hook.EGRESS: "pp_host_egress"},
@@ -147,12 +147,19 @@ class InterfaceReconciler:
 
     def _reconcile(self, link: LinkInfo) -> None:
         """Attach, re-attach or detach one interface so it matches the selection."""
+        current = self._attached.get(link.ifindex)
+        # Whether a veth is this namespace's uplink is decided once, when it is first
+        # attached: a default route that moves later does not change an interface's role.
+        if current is not None:
+            uplink = current.role is Role.HOST
+        else:
+            uplink = link.container_veth and link.ifindex in default_route_ifindexes()
         role = role_of(
             link,
             self.settings.interfaces,
             container_interfaces=self.settings.container_interfaces,
+            uplink=uplink,
         )
-        current = self._attached.get(link.ifindex)
         if current is not None and current.role == role:
             return
         if current is not None:

@@ -4,6 +4,7 @@ started and stopped around a running one, never move its attachment or its serie
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -108,3 +109,38 @@ def test_unmatched_include_warns_keeps_watching_and_info_names_the_interface(
     finally:
         pp.stop()
         made.close()
+
+
+ROLE_INSIDE = """
+import sys
+from pyroute2 import IPRoute
+from retinad.config.schema import InterfaceSelection
+from retinad.kernel.interfaces import link_from_msg, role_of
+from retinad.kernel.links import default_route_ifindexes
+uplinks = default_route_ifindexes()
+with IPRoute() as ipr:
+    for msg in ipr.get_links():
+        link = link_from_msg(msg)
+        if link is not None and link.name == "eth0":
+            role = role_of(link, InterfaceSelection(), container_interfaces=True,
+                           uplink=link.ifindex in uplinks)
+            print(link.container_veth, role.value if role else None)
+"""
+
+
+@pytest.mark.parametrize(("default_route", "expected"), [(True, "host"), (False, "container")])
+def test_inside_a_container_its_uplink_veth_is_a_host_interface(
+    default_route: bool, expected: str
+) -> None:
+    """retinad inside a container (or a systemd/LXC machine): eth0 is a veth whose peer is in
+    the parent namespace. Carrying the default route, it is the machine's own uplink, counted
+    as host traffic; without it, it reads as any container's veth."""
+    ns = Netns()
+    try:
+        veth_to(ns, host_ip="10.251.7.1", peer_ip="10.251.7.2")
+        if default_route:
+            ns.run("ip", "route", "add", "default", "via", "10.251.7.1")
+        out = ns.run(sys.executable, "-c", ROLE_INSIDE).stdout
+        assert out.decode().split() == ["True", expected]
+    finally:
+        ns.close()
