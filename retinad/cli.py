@@ -171,6 +171,12 @@ def needed_probes(settings: Settings) -> set[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["__compile-bpf"] and len(argv) == 2:
+        # Internal, not in --help: the short-lived compile child (retinad/kernel/loader.py).
+        from retinad.kernel.loader import child_main
+
+        child_main(int(argv[1]))
     args = build_parser().parse_args(argv)
     try:
         if args.command == "check-config":

@@ -33,9 +33,10 @@ from retinad.exporter.naming import series_dropped
 from retinad.kernel import abi
 from retinad.kernel.attach import Attacher, Attachment, Hook, Program, make_attacher
 from retinad.kernel.attach import remove_stale_filters as _remove_stale
-from retinad.kernel.compile import compile_program
 from retinad.kernel.interfaces import LinkInfo, Role, role_of
 from retinad.kernel.links import LinkWatcher
+from retinad.kernel.loader import PROG_SCHED_CLS
+from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser_metrics import (
@@ -211,13 +212,12 @@ class PacketParser:
             "RETINAD_ENDPOINT_ENTRIES": kc.max_endpoints + OVERFLOW_SLOTS,
             "RETINAD_REMOTE_ENTRIES": kc.max_remote_flows + OVERFLOW_SLOTS,
         }
-        from bcc import BPF
-
-        self._bpf = compile_program(self.ctx.bpf_dir.resolve(), SOURCE, defines)
+        wanted = {name: PROG_SCHED_CLS for progs in PROGRAMS.values() for name in progs.values()}
+        self._bpf = load_program(self.ctx.bpf_dir.resolve(), SOURCE, defines, wanted)
         for progs in PROGRAMS.values():
             for name in progs.values():
                 try:
-                    fn = self._bpf.load_func(name.encode(), BPF.SCHED_CLS)
+                    fn = self._bpf.load_func(name.encode(), PROG_SCHED_CLS)
                 except Exception as err:
                     raise PluginError(f"packetparser: loading program {name}: {err}") from err
                 self._programs[name] = Program(fd=fn.fd, name=name)
