@@ -12,6 +12,7 @@ so no later child inherits them.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
@@ -76,7 +77,19 @@ def send_objects(sock: socket.socket, objects: Sequence[HandedObject]) -> None:
 def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """Receive one message; raise HandoverError on EOF (the peer left without sending) or
     truncation, closing every fd that did arrive."""
-    msg, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    # Not socket.recv_fds: CPython 3.11's drops its flags argument, so MSG_CMSG_CLOEXEC
+    # would be lost and the fds inheritable (tests/kernel/test_fdpass.py checks this).
+    msg, ancdata, flags, _ = sock.recvmsg(
+        MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+    )
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return _parse(msg, list(fds), flags)
+
+
+def _parse(msg: bytes, fds: list[int], flags: int) -> tuple[dict[str, Any], list[int]]:
     try:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise HandoverError("hand-over message truncated")

@@ -35,6 +35,8 @@ from retinad.kernel import bpf_syscall, fdpass, tracepoint
 from retinad.kernel.fdpass import HandedObject
 from retinad.kernel.maps import MapHandle
 
+__all__ = ["LoadedObject", "MapHandle", "ProgramFd", "load"]
+
 CHILD_COMMAND = "__compile-bpf"
 """The internal sub-command (retinad/cli.py dispatches it before parsing flags)."""
 TIMEOUT_SECONDS = 120.0
@@ -65,8 +67,18 @@ class LoadedObject:
     SCHED_CLS = PROG_SCHED_CLS
     TRACEPOINT = PROG_TRACEPOINT
 
-    def __init__(self, source: Path, objects: list[HandedObject]) -> None:
+    def __init__(
+        self,
+        source: Path,
+        objects: list[HandedObject],
+        *,
+        child_pid: int = 0,
+        child_status: int | None = None,
+    ) -> None:
         self.source = source
+        self.child_pid = child_pid
+        """The compile child's pid and exit status (diagnostics and tests)."""
+        self.child_status = child_status
         self.programs: dict[str, ProgramFd] = {}
         self.maps: dict[str, MapHandle] = {}
         self._tracepoints: dict[str, int] = {}
@@ -181,7 +193,9 @@ def load(
             objects = fdpass.receive_objects(header, fds)
         except fdpass.HandoverError as err:
             raise CompileError(f"{src}: bad hand-over from the compile child: {err}") from None
-        return LoadedObject(src, objects)
+        parent.close()
+        status = _reap(proc)
+        return LoadedObject(src, objects, child_pid=proc.pid, child_status=status)
     finally:
         parent.close()
         _reap(proc)
@@ -192,12 +206,12 @@ def child_argv() -> list[str]:
     return [sys.executable, "-m", "retinad"]
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> None:
+def _reap(proc: subprocess.Popen[bytes]) -> int:
     try:
-        proc.wait(timeout=10)
+        return proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        return proc.wait()
 
 
 def _exit_status(proc: subprocess.Popen[bytes]) -> str:
