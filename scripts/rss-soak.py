@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.daemon_proc import NotifySocket  # noqa: E402
+from tests.daemon_proc import NotifySocket
 
 CONFIGS = {
     "default": None,

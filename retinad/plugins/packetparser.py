@@ -35,7 +35,7 @@ from retinad.kernel.attach import Attacher, Attachment, Hook, Program, make_atta
 from retinad.kernel.attach import remove_stale_filters as _remove_stale
 from retinad.kernel.interfaces import LinkInfo, Role, role_of
 from retinad.kernel.links import LinkWatcher
-from retinad.kernel.loader import PROG_SCHED_CLS
+from retinad.kernel.loader import PROG_SCHED_CLS, LoadedObject
 from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader
 from retinad.plugins.base import PluginContext
@@ -107,6 +107,7 @@ class PacketParser:
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
         self._bpf: Any = None
+        self._precompiled: tuple[_KernelConfig, LoadedObject] | None = None
         self._programs: dict[str, Program] = {}
         self._readers: dict[str, BatchReader[Any, abi.TrafficValue]] = {}
         self._attacher: Attacher | None = None
@@ -185,6 +186,12 @@ class PacketParser:
             self._log.info("reloaded: %s", self.status())
             return
         self._log.info("reload changes compiled-in settings: reloading the programs")
+        new_kc = _KernelConfig.of(settings, metrics)
+        try:  # compile first (a new child): a failure leaves the running programs alone
+            self._precompiled = (new_kc, self._compile(new_kc))
+        except RetinadError as err:
+            self._log.error("reload failed, the running programs keep counting: %s", err)
+            return
         self.stop()
         self.settings, self.ctx = settings, new_ctx
         try:
@@ -204,7 +211,8 @@ class PacketParser:
 
     # --- loading ----------------------------------------------------------------------------
 
-    def _load(self, kc: _KernelConfig) -> None:
+    def _compile(self, kc: _KernelConfig) -> LoadedObject:
+        """Compile and load the programs in a child (kernel/loader.py); nothing attached."""
         defines = {
             "RETINAD_ADVANCED": int(kc.advanced),
             "RETINAD_REMOTE_CONTEXT": int(kc.remote),
@@ -213,7 +221,14 @@ class PacketParser:
             "RETINAD_REMOTE_ENTRIES": kc.max_remote_flows + OVERFLOW_SLOTS,
         }
         wanted = {name: PROG_SCHED_CLS for progs in PROGRAMS.values() for name in progs.values()}
-        self._bpf = load_program(self.ctx.bpf_dir.resolve(), SOURCE, defines, wanted)
+        return load_program(self.ctx.bpf_dir.resolve(), SOURCE, defines, wanted)
+
+    def _load(self, kc: _KernelConfig) -> None:
+        pre, self._precompiled = self._precompiled, None
+        if pre is not None and pre[0] != kc:
+            pre[1].cleanup()  # compiled for a reload that was abandoned
+            pre = None
+        self._bpf = pre[1] if pre is not None else self._compile(kc)
         for progs in PROGRAMS.values():
             for name in progs.values():
                 try:
