@@ -10,7 +10,7 @@ Usage (as root, from the repository root, with the dev venv):
 ``--soak N`` runs N seconds of traffic and endpoint churn: UDP to every soak container's
 address on the docker bridge and to a closed loopback port (kernel drops), a container
 started every 2 s and the oldest removed past 6 (each a new veth and endpoint), and a
-scrape of /metrics every second. Containers carry the label retinad-test=1 and a
+scrape of /metrics every second. Containers carry the label retinad-lean-soak=1 and a
 ``lean-soak-`` name; all are removed at the end. ``--source DIR`` runs another checkout's
 retinad (PYTHONPATH), e.g. an ``git archive`` of main for the before figures.
 
@@ -21,6 +21,7 @@ docs/PERFORMANCE.md come from this script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -97,10 +98,11 @@ class Churn:
     """Soak containers: one started per step, the oldest removed past ``keep``."""
 
     def __init__(self, keep: int = 6) -> None:
-        from tests.docker_engine import LABEL, DockerEngine
+        from tests.docker_engine import DockerEngine
 
         self.engine = DockerEngine.shared()
-        self.label = LABEL
+        # Not the suite's retinad-test label: other sessions' test teardowns remove those.
+        self.label = "retinad-lean-soak"
         self.keep = keep
         self.ids: list[tuple[str, str]] = []
         self.n = 0
@@ -117,16 +119,21 @@ class Churn:
         ip = api.inspect_container(c["Id"])["NetworkSettings"]["IPAddress"]
         self.ids.append((c["Id"], ip))
         while len(self.ids) > self.keep:
-            cid, _ = self.ids.pop(0)
-            api.remove_container(cid, force=True)
+            self._remove(self.ids.pop(0)[0])
 
     def addresses(self) -> list[str]:
         return [ip for _, ip in self.ids if ip]
 
     def close(self) -> None:
         for cid, _ in self.ids:
-            self.engine.api.remove_container(cid, force=True)
+            self._remove(cid)
         self.ids.clear()
+
+    def _remove(self, cid: str) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):  # already gone
+            self.engine.api.remove_container(cid, force=True)
 
 
 def soak(
