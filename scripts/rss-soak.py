@@ -44,7 +44,6 @@ CONFIGS = {
     # instead of 300 s, so a soak of a few minutes reaches the steady state with churn.
     "advanced-docker-grace30": '[metrics]\nmode = "advanced"\n[resolvers]\n'
     'order = ["docker", "host"]\ngrace_period_seconds = 30\n',
-    "advanced-kubernetes": None,  # needs a cluster; see docs/PERFORMANCE.md
 }
 
 
