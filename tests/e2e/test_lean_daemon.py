@@ -56,6 +56,8 @@ def test_the_daemon_maps_no_bcc_or_llvm_before_and_after_a_recompiling_reload(
 
         wait_for(advanced_series, timeout=60, what="metrics after reload")
         assert mapped_heavy_libraries(d.proc.pid) == []
-        assert "failed" not in d.log and "Traceback" not in d.log, d.log
+        # Vanishing veths of other workloads log warnings; the reload itself must not fail.
+        errors = [ln for ln in d.log.splitlines() if "level=error" in ln or "Traceback" in ln]
+        assert errors == []
     finally:
         assert d.stop() == 0
