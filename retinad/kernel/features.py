@@ -233,9 +233,26 @@ def _denied(name: str, needs: str) -> Probe:
 
 
 def bcc_version() -> str | None:
+    """The installed bcc's version, read without importing it: the long-lived daemon must
+    not map libbcc/LLVM (it compiles in a child, kernel/loader.py). None if absent."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("bcc") is None:
+        return None
+    try:
+        return importlib.metadata.version("bcc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def bcc_import_version() -> str | None:
+    """The version of a bcc that really imports (libbcc loads): what the compile child
+    needs. ``retinad check`` runs this; it is a short-lived process, so the import is
+    harmless there."""
     try:
         import bcc
-    except ImportError:
+    except (ImportError, OSError):
         return None
     return str(getattr(bcc, "__version__", "unknown"))
 
@@ -287,7 +304,7 @@ def run_probes() -> list[Probe]:
             "btf", "missing", f"{BTF_PATH} absent", "a kernel built with CONFIG_DEBUG_INFO_BTF=y"
         )
     )
-    bv = bcc_version()
+    bv = bcc_import_version()
     add(
         Probe("bcc", "ok", f"python bcc {bv}")
         if bv

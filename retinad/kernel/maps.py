@@ -1,10 +1,10 @@
-"""Read whole BPF hash maps in batches, summing per-CPU values.
+"""BPF maps held by fd: a small handle, and whole-map batch reads summing per-CPU values.
 
 One BPF_MAP_LOOKUP_BATCH call returns thousands of entries, so a scrape costs a few
 syscalls per map whatever the packet rate (16k entries: ~8 ms batched vs ~73 ms with
-bcc's per-key ``items()``). bcc 0.26's ``items_lookup_batch`` allocates max_entries-sized
-buffers on every call and shares one integer between the batch token and the count, so
-this module drives libbcc's ``bpf_lookup_batch`` itself with reusable buffers.
+bcc's per-key ``items()``). The daemon holds maps as fds handed over by the compile child
+(kernel/loader.py) and drives the syscalls itself (kernel/bpf_syscall.py) with reusable
+buffers, so nothing here imports bcc.
 """
 
 from __future__ import annotations
@@ -15,15 +15,67 @@ import os
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
+from retinad.kernel import bpf_syscall
+
 K = TypeVar("K", bound=ctypes.Structure)
 V = TypeVar("V", bound=ctypes.Structure)
+
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+PERCPU_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+                          BPF_MAP_TYPE_LRU_PERCPU_HASH})  # fmt: skip
 
 
 def possible_cpus() -> int:
     """Number of possible CPUs: the per-CPU value stride the kernel uses."""
-    from bcc.utils import get_possible_cpus
+    return bpf_syscall.possible_cpus()
 
-    return len(get_possible_cpus())
+
+class MapHandle:
+    """One map by fd, with the slice of bcc's table interface the plugins use.
+
+    ``Key``/``Leaf`` are raw byte buffers of the kernel's sizes (a per-CPU ``Leaf`` holds
+    every CPU's 8-byte-aligned slot), so ``handle[key] = handle.Leaf()`` works as it did
+    on a bcc table. The handle owns its fd: ``close`` releases it.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        info = bpf_syscall.map_info(fd)
+        self.fd = fd
+        self.name = name
+        self.info = info
+        self.max_entries = info.max_entries
+        self.percpu = info.type in PERCPU_TYPES
+        slot = (info.value_size + 7) // 8 * 8 if self.percpu else info.value_size
+        ncpus = possible_cpus() if self.percpu else 1
+        self.Key: type[ctypes.Array[ctypes.c_char]] = ctypes.c_char * info.key_size
+        self.Leaf: type[ctypes.Array[ctypes.c_char]] = ctypes.c_char * (slot * ncpus)
+
+    @property
+    def map_fd(self) -> int:
+        return self.fd
+
+    def get_fd(self) -> int:
+        return self.fd
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        bpf_syscall.update(self.fd, key, value)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __repr__(self) -> str:
+        return f"MapHandle({self.name!r}, fd={self.fd}, id={self.info.id})"
+
+
+def map_fd(table: Any) -> int:
+    """The fd of a MapHandle or a bcc table (tests still build some with bcc)."""
+    if hasattr(table, "get_fd"):
+        return int(table.get_fd())
+    return int(table.map_fd)
 
 
 class BatchReader(Generic[K, V]):
@@ -55,31 +107,24 @@ class BatchReader(Generic[K, V]):
 
     def read(self) -> Iterator[tuple[K, V]]:
         """Yield every (key, value) with per-CPU values summed field by field."""
-        from bcc.libbcc import lib
-
-        fd = self.table.get_fd() if hasattr(self.table, "get_fd") else self.table.map_fd
+        fd = map_fd(self.table)
         token_in = ctypes.c_uint32(0)
         token_out = ctypes.c_uint32(0)
         first = True
         while True:
-            count = ctypes.c_uint32(self._chunk)
-            res = lib.bpf_lookup_batch(
-                fd,
-                None if first else ctypes.byref(token_in),
-                ctypes.byref(token_out),
-                ctypes.addressof(self._keys),
-                ctypes.addressof(self._values),
-                ctypes.addressof(count),
-            )
-            err = ctypes.get_errno() if res != 0 else 0
-            if res != 0 and err == errno.ENOSPC and count.value == 0:
-                # One hash bucket holds more entries than the buffer: grow and retry.
-                self._resize(self._chunk * 2)
-                continue
-            if res != 0 and err not in (errno.ENOENT,):
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH failed: {os.strerror(err)}")
-            yield from self._decode(count.value)
-            if res != 0:  # ENOENT: that was the last batch
+            try:
+                n, done = bpf_syscall.lookup_batch(
+                    fd, None if first else token_in, token_out, self._keys, self._values,
+                    self._chunk,
+                )  # fmt: skip
+            except OSError as err:
+                if err.errno == errno.ENOSPC:
+                    # One hash bucket holds more entries than the buffer: grow and retry.
+                    self._resize(self._chunk * 2)
+                    continue
+                raise OSError(err.errno, f"BPF_MAP_LOOKUP_BATCH failed: {err.strerror}") from None
+            yield from self._decode(n)
+            if done:
                 return
             first = False
             token_in.value = token_out.value
@@ -103,21 +148,16 @@ class BatchReader(Generic[K, V]):
 
         Atomic matters: a packet counted between a separate read and delete would be lost.
         """
-        from bcc.libbcc import lib
-
-        fd = self.table.get_fd() if hasattr(self.table, "get_fd") else self.table.map_fd
         buf = (ctypes.c_uint64 * (self.ncpus * self.words))()
         kbuf = self.key_type.from_buffer_copy(bytes(key))
-        res = lib.bpf_lookup_and_delete(
-            ctypes.c_int(fd),
-            ctypes.c_void_p(ctypes.addressof(kbuf)),
-            ctypes.c_void_p(ctypes.addressof(buf)),
-        )
-        if res != 0:
-            err = ctypes.get_errno()
-            if err == errno.ENOENT:
-                return None
-            raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_ELEM failed: {os.strerror(err)}")
+        try:
+            found = bpf_syscall.lookup_and_delete(map_fd(self.table), kbuf, buf)
+        except OSError as err:
+            raise OSError(
+                err.errno, f"BPF_MAP_LOOKUP_AND_DELETE_ELEM failed: {err.strerror}"
+            ) from None
+        if not found:
+            return None
         summed = [0] * self.words
         for cpu in range(self.ncpus):
             for w in range(self.words):

@@ -20,7 +20,6 @@ and retinad_map_overflow_packets_total{map="drop_counts"} rises.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import threading
 from collections.abc import Iterable
@@ -35,6 +34,7 @@ from retinad.config.schema import DropReasonSettings, MetricsSettings
 from retinad.errors import AttachError, KernelError, PluginError
 from retinad.exporter import naming
 from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
+from retinad.kernel import bpf_syscall
 from retinad.kernel.abi import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -44,10 +44,12 @@ from retinad.kernel.abi import (
     decode_addr,
 )
 from retinad.kernel.btf import VMLINUX_BTF, Btf
-from retinad.kernel.compile import compile_program
 from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames, load_names
 from retinad.kernel.features import PRIVILEGE_FIX, tracefs_denied
-from retinad.kernel.maps import BatchReader, possible_cpus
+from retinad.kernel.loader import PROG_TRACEPOINT
+from retinad.kernel.loader import load as load_program
+from retinad.kernel.maps import BatchReader, map_fd, possible_cpus
+from retinad.kernel.tracepoint import tracepoint_exists
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
 from retinad.plugins.base import PluginContext
 from retinad.plugins.sweeper import Sweeper
@@ -179,9 +181,7 @@ class DropReasonPlugin:
 
     def _build(self, settings: DropReasonSettings, metrics: MetricsSettings) -> _Program:
         """Compile, create the overflow key, then attach: counts never find no overflow key."""
-        from bcc import BPF
-
-        if not BPF.tracepoint_exists("skb", "kfree_skb"):
+        if not tracepoint_exists("skb", "kfree_skb"):
             denied = tracefs_denied()
             if denied is not None:  # bcc reads tracefs as a file: "not found" hides EACCES
                 raise AttachError(
@@ -199,7 +199,8 @@ class DropReasonPlugin:
         defines = dict(self._defines)
         defines["RETINAD_ADVANCED"] = int(advanced)
         defines["RETINAD_MAX_ENTRIES"] = settings.max_entries
-        bpf = compile_program(self._ctx.bpf_dir, "dropreason.c", defines)
+        programs = {"on_kfree_skb": PROG_TRACEPOINT}
+        bpf = load_program(self._ctx.bpf_dir, "dropreason.c", defines, programs)
         try:
             table = bpf.get_table(MAP_NAME)
             _insert_overflow_key(table)
@@ -383,14 +384,12 @@ def _direction(raw: int) -> str:
 
 def _insert_overflow_key(table: Any) -> None:
     """Create the overflow key (all-zero per-CPU values) before the program can run."""
-    from bcc.libbcc import lib
-
     key = DropKey(family=FAMILY_OVERFLOW)
     values = (DropValue * possible_cpus())()
-    fd = table.get_fd() if hasattr(table, "get_fd") else table.map_fd
-    if lib.bpf_update_elem(fd, ctypes.byref(key), ctypes.byref(values), 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{MAP_NAME}: cannot insert the overflow key")
+    try:
+        bpf_syscall.update(map_fd(table), key, values)
+    except OSError as err:
+        raise OSError(err.errno, f"{MAP_NAME}: cannot insert the overflow key") from err
 
 
 def _close(prog: _Program) -> None:

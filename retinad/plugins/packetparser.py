@@ -30,8 +30,9 @@ from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
 from retinad.exporter.naming import series_dropped
 from retinad.kernel import abi
 from retinad.kernel.attach import Program, make_attacher
-from retinad.kernel.compile import compile_program
 from retinad.kernel.interfaces import LinkInfo, Role
+from retinad.kernel.loader import PROG_SCHED_CLS, LoadedObject
+from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser_links import (
@@ -102,6 +103,7 @@ class PacketParser:
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
         self._bpf: Any = None
+        self._precompiled: tuple[_KernelConfig, LoadedObject] | None = None
         self._programs: dict[str, Program] = {}
         self._readers: dict[str, BatchReader[Any, abi.TrafficValue]] = {}
         self._links: InterfaceReconciler | None = None
@@ -163,6 +165,12 @@ class PacketParser:
             self._log.info("reloaded: %s", self.status())
             return
         self._log.info("reload changes compiled-in settings: reloading the programs")
+        new_kc = _KernelConfig.of(settings, metrics)
+        try:  # compile first (a new child): a failure leaves the running programs alone
+            self._precompiled = (new_kc, self._compile(new_kc))
+        except RetinadError as err:
+            self._log.error("reload failed, the running programs keep counting: %s", err)
+            return
         self.stop()
         self.settings, self.ctx = settings, new_ctx
         try:
@@ -183,7 +191,8 @@ class PacketParser:
 
     # --- loading ----------------------------------------------------------------------------
 
-    def _load(self, kc: _KernelConfig) -> None:
+    def _compile(self, kc: _KernelConfig) -> LoadedObject:
+        """Compile and load the programs in a child (kernel/loader.py); nothing attached."""
         defines = {
             "RETINAD_ADVANCED": int(kc.advanced),
             "RETINAD_REMOTE_CONTEXT": int(kc.remote),
@@ -191,12 +200,18 @@ class PacketParser:
             "RETINAD_ENDPOINT_ENTRIES": kc.max_endpoints + OVERFLOW_SLOTS,
             "RETINAD_REMOTE_ENTRIES": kc.max_remote_flows + OVERFLOW_SLOTS,
         }
-        from bcc import BPF
+        wanted = dict.fromkeys(PROGRAM_NAMES, PROG_SCHED_CLS)
+        return load_program(self.ctx.bpf_dir.resolve(), SOURCE, defines, wanted)
 
-        self._bpf = compile_program(self.ctx.bpf_dir.resolve(), SOURCE, defines)
+    def _load(self, kc: _KernelConfig) -> None:
+        pre, self._precompiled = self._precompiled, None
+        if pre is not None and pre[0] != kc:
+            pre[1].cleanup()  # compiled for a reload that was abandoned
+            pre = None
+        self._bpf = pre[1] if pre is not None else self._compile(kc)
         for name in PROGRAM_NAMES:
             try:
-                fn = self._bpf.load_func(name.encode(), BPF.SCHED_CLS)
+                fn = self._bpf.load_func(name.encode(), PROG_SCHED_CLS)
             except Exception as err:
                 raise PluginError(f"packetparser: loading program {name}: {err}") from err
             self._programs[name] = Program(fd=fn.fd, name=name)
