@@ -251,7 +251,7 @@ def prog_fd_by_id(prog_id: int) -> int:
     return bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(prog_id, 0, 0))
 
 
-def lookup(fd: int, key: ctypes.Array[ctypes.c_char] | ctypes.Structure, value: object) -> bool:
+def lookup(fd: int, key: object, value: object) -> bool:
     """BPF_MAP_LOOKUP_ELEM into ``value`` (a ctypes buffer); False if the key is absent."""
     try:
         bpf(BPF_MAP_LOOKUP_ELEM, _ElemAttr(fd, 0, _addr(key), _addr(value), 0))

@@ -163,3 +163,21 @@ class BatchReader(Generic[K, V]):
             for w in range(self.words):
                 summed[w] += buf[cpu * self.words + w]
         return self.value_type.from_buffer_copy((ctypes.c_uint64 * self.words)(*summed))
+
+
+def percpu_u64_sums(table: Any, slots: int) -> list[int]:
+    """Each slot of a per-CPU array of u64 counters, summed over the CPUs.
+
+    For the small fixed arrays (packetparser's unparsed counters): one lookup per slot,
+    at scrape time only.
+    """
+    fd = map_fd(table)
+    ncpus = possible_cpus()
+    out: list[int] = []
+    for slot in range(slots):
+        buf = (ctypes.c_uint64 * ncpus)()
+        if not bpf_syscall.lookup(fd, ctypes.c_uint32(slot), buf):
+            out.append(0)
+            continue
+        out.append(sum(buf))
+    return out

@@ -33,7 +33,7 @@ from retinad.kernel.attach import Program, make_attacher
 from retinad.kernel.interfaces import LinkInfo, Role
 from retinad.kernel.loader import PROG_SCHED_CLS, LoadedObject
 from retinad.kernel.loader import load as load_program
-from retinad.kernel.maps import BatchReader
+from retinad.kernel.maps import BatchReader, percpu_u64_sums
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser_links import (
     PROGRAM_NAMES,
@@ -314,8 +314,7 @@ class PacketParser:
             table = self._bpf[b"pp_unparsed"] if self._bpf is not None else None
             counts = [0] * abi.UNPARSED_SLOTS
             if table is not None:
-                for slot in range(abi.UNPARSED_SLOTS):
-                    counts[slot] = int(table.sum(table.Key(slot)).value)
+                counts = percpu_u64_sums(table, abi.UNPARSED_SLOTS)
         for r, reason in enumerate(abi.UNPARSED_REASONS):
             for role in (Role.HOST, Role.CONTAINER):
                 for d in (abi.DIR_INGRESS, abi.DIR_EGRESS):
