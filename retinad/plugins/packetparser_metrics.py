@@ -8,10 +8,11 @@ pure lets the unit tests feed literal keys and values.
 
 Attribution rules:
 * Basic series sum the per-interface map by direction (only host interfaces feed it).
-* Endpoint series name each key's address: ``by_ifindex`` of the interface first when it
-  is attached as a container veth (it names its container), then ``by_ip``, else
-  UNKNOWN_ENDPOINT; the overflow key becomes OVERFLOW_ENDPOINT. Keys that end up with the
-  same labels are summed.
+* Endpoint series name each key's address: when it is on a container veth, each resolver
+  in [resolvers].order is asked for the interface, then the address, and the first that
+  knows either names it (so a pod known by address beats the host resolver's interface
+  name); elsewhere ``by_ip``; else UNKNOWN_ENDPOINT; the overflow key becomes
+  OVERFLOW_ENDPOINT. Keys that end up with the same labels are summed.
 * A packet of a container that is routed without NAT is seen twice: on the container's
   veth and on the host interface it leaves by. Its address then appears in a key of a
   container interface, and its keys on host interfaces are left out, so each packet counts
@@ -33,7 +34,7 @@ from retinad.exporter import naming
 from retinad.exporter.ledger import Labels, Record, Values
 from retinad.kernel import abi
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
-from retinad.resolvers.base import Resolver
+from retinad.resolvers.base import Resolver, ResolverChain
 
 DIRECTIONS = (Direction.INGRESS, Direction.EGRESS)
 Family = CounterMetricFamily | GaugeMetricFamily
@@ -102,11 +103,13 @@ def _endpoint_of(
 ) -> Endpoint:
     if family == abi.FAMILY_OVERFLOW:
         return OVERFLOW_ENDPOINT
-    if by_ifindex:
-        ep = resolver.by_ifindex(ifindex)
-        if ep is not None:
-            return ep
-    ep = resolver.by_ip(ipaddress.ip_address(addr))
+    ip = ipaddress.ip_address(addr)
+    if by_ifindex and isinstance(resolver, ResolverChain):
+        ep = resolver.by_interface_or_ip(ifindex, ip)
+    elif by_ifindex:
+        ep = resolver.by_ifindex(ifindex) or resolver.by_ip(ip)
+    else:
+        ep = resolver.by_ip(ip)
     return ep if ep is not None else UNKNOWN_ENDPOINT
 
 

@@ -126,6 +126,24 @@ class ResolverChain:
                 return ep
         return None
 
+    def by_interface_or_ip(self, ifindex: int, ip: IPAddress) -> Endpoint | None:
+        """The endpoint behind container veth ``ifindex`` whose local address is ``ip``.
+
+        Each resolver in order is asked for the interface, then for the address: the
+        first that knows either wins, as [resolvers].order promises. Asking every
+        resolver for the interface first would let the host resolver's interface
+        fallback name a pod's veth before the kubernetes resolver (which knows pods by
+        address only) is asked at all.
+        """
+        ip = normalize_ip(ip)
+        for r in self.resolvers:
+            ep = r.by_ifindex(ifindex)
+            if ep is None:
+                ep = r.by_ip(ip)
+            if ep is not None:
+                return ep
+        return None
+
     @property
     def up(self) -> bool:
         return all(r.up for r in self.resolvers)
