@@ -463,6 +463,11 @@ def with_capabilities(caps: list[str]) -> list[str]:
     return ["setpriv", f"--bounding-set=-all,{keep}", "--inh-caps=-all", "--"]
 
 
+def unquoted(log: str) -> str:
+    """The daemon's logfmt lines with the escaped quotes of msg="..." undone."""
+    return log.replace('\\"', '"')
+
+
 def run_daemon(
     workdir: Path, kubeconfig: Path, port: int, *, packetparser: bool, caps: list[str] | None = None
 ) -> DaemonProcess:
@@ -579,14 +584,14 @@ def test_daemon_with_a_rule_removed_logs_the_403_and_exports_resolver_down(
     d = run_daemon(tmp_path, kubeconfig, port, packetparser=False)
     try:
         want = FORBIDDEN["replicasets"].format(sa=sa)
-        wait_for(lambda: want in d.log, timeout=60, what=f"{want!r} in the daemon's log")
+        wait_for(lambda: want in unquoted(d.log), timeout=60, what=f"{want!r} in the log")
         wait_for(lambda: _serving(port), timeout=30, what="/metrics")
         samples = scrape(port)
         assert value(samples, "retinad_resolver_up", {"resolver": "kubernetes"}) == 0
     finally:
         rc = d.stop()
     assert rc == 0, d.log
-    line = next(ln for ln in d.log.splitlines() if "403" in ln)
+    line = next(ln for ln in unquoted(d.log).splitlines() if "403" in ln)
     assert "kubernetes-replicasets" in line and "deploy/kubernetes/rbac.yaml" in line, line
 
 
