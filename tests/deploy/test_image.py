@@ -21,11 +21,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_proc import http_get, try_get, wait_for
-from tests.docker_engine import LABEL, Container, DockerEngine, Things, engine_session, unique
+from tests.docker_engine import LABEL, Container, DockerEngine, Things, unique
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD = REPO_ROOT / "scripts" / "build-image.sh"
-IMAGE = "retinad-test/retinad:suite"
 PKTS = "retinad_endpoint_forward_packets_total"
 BYTES = "retinad_endpoint_forward_bytes_total"
 UDP4 = 14 + 20 + 8
@@ -50,27 +48,6 @@ for _ in range(n):
 """
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture(scope="module")
-def docker_engine() -> Iterator[DockerEngine]:
-    with engine_session() as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
-def retinad_image(docker_engine: DockerEngine) -> Iterator[str]:
-    proc = subprocess.run(
-        ["bash", str(BUILD)],
-        env={"RETINAD_IMAGE": IMAGE, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.strip().splitlines()[-1] == IMAGE
-    yield IMAGE
 
 
 @dataclass
@@ -177,6 +154,7 @@ def daemon(
         things.close()
 
 
+@pytest.mark.timeout(1200)  # the first user of the image builds it (minutes when cold)
 def test_image_counts_traffic_between_two_containers_by_name(
     daemon: tuple[Daemon, Container, Container],
 ) -> None:

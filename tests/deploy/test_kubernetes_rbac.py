@@ -614,3 +614,157 @@ def test_each_daemonset_capability_is_needed(dropped: str) -> None:
     less = check([c for c in caps if c != dropped])
     assert less.returncode == 1, less.stdout + less.stderr
     assert "MISSING" in less.stdout and "retinad cannot run" in less.stdout, less.stdout
+
+
+# --- 4. the DaemonSet's own pod template, run by the suite's dockerd -----------------
+
+#: Docker 20.10 knows neither capability; SYS_ADMIN covers both (docs/KUBERNETES.md).
+DOCKER_20_CAPS = {"BPF": "SYS_ADMIN", "PERFMON": "SYS_ADMIN"}
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def docker_args_of_pod_template(
+    template: m.Doc, configmaps: dict[str, m.Doc], workdir: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    """What kubelet would make of the DaemonSet's pod template, as docker API arguments:
+    host network, the container's args, env (downward API resolved by ``env``), caps,
+    read-only root, and every volume (hostPath, ConfigMap as files, emptyDir in memory)."""
+    spec = template["spec"]
+    (c,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    binds, tmpfs = [], {}
+    for mount in c["volumeMounts"]:
+        vol = volumes[mount["name"]]
+        ro = ":ro" if mount.get("readOnly") else ""
+        if "hostPath" in vol:
+            binds.append(f"{vol['hostPath']['path']}:{mount['mountPath']}{ro}")
+        elif "configMap" in vol:
+            files = workdir / f"configmap-{vol['name']}"
+            files.mkdir()
+            for key, text in configmaps[vol["configMap"]["name"]]["data"].items():
+                (files / key).write_text(text)
+                (files / key).chmod(0o644)
+            binds.append(f"{files}:{mount['mountPath']}{ro}")
+        elif "emptyDir" in vol:
+            size = vol["emptyDir"].get("sizeLimit", "64Mi").replace("Mi", "m")
+            tmpfs[mount["mountPath"]] = f"size={size}"
+        else:
+            raise AssertionError(f"volume kind not handled: {vol}")
+    sec = c["securityContext"]
+    caps = sorted({DOCKER_20_CAPS.get(cap, cap) for cap in sec["capabilities"]["add"]})
+    assert spec["hostNetwork"] is True
+    return {
+        "args": list(c["args"]),
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "binds": binds,
+        "tmpfs": tmpfs,
+        "cap_drop": list(sec["capabilities"]["drop"]),
+        "cap_add": caps,
+        "read_only": bool(sec["readOnlyRootFilesystem"]),
+        "pid_mode": "host" if spec.get("hostPID") else None,
+    }
+
+
+@pytest.mark.timeout(1200)  # the first user of the image builds it (minutes when cold)
+def test_daemonset_pod_template_in_the_image_names_a_pod_via_in_cluster_config(
+    rbac_cluster: KubeCluster,
+    deployed: list[m.Doc],
+    workloads: dict[str, Endpoint],
+    pod_netns: tuple[Netns, str],
+    docker_engine: Any,
+    retinad_image: str,
+    tmp_path: Path,
+) -> None:
+    """retinad from the image, set up exactly as the DaemonSet's pod template says (the
+    ConfigMap's TOML, the in-cluster service account files and KUBERNETES_SERVICE_*
+    variables kubelet would provide), counts a pod's traffic under its name and owner."""
+    from tests.docker_engine import LABEL, Things, unique
+
+    ns, _ = pod_netns
+    ds = m.find(deployed, "DaemonSet")
+    sa_name = ds["spec"]["template"]["spec"]["serviceAccountName"]
+    namespace = ds["metadata"]["namespace"]
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text(rbac_cluster.service_account_token(namespace, sa_name))
+    (sa / "ca.crt").write_bytes(rbac_cluster.ca_cert_path.read_bytes())
+    (sa / "namespace").write_text(namespace)
+    for f in sa.iterdir():
+        f.chmod(0o644)
+    port = free_port()
+    env = {
+        # kubelet's service variables; with hostNetwork the API is reached on the node.
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": str(rbac_cluster.apiserver_port),
+        kube.NODE_NAME_ENV: NODE,  # the downward API's spec.nodeName
+    }
+    configmaps = {d["metadata"]["name"]: d for d in deployed if d["kind"] == "ConfigMap"}
+    run = docker_args_of_pod_template(ds["spec"]["template"], configmaps, tmp_path, env)
+    things = Things(docker_engine)
+    api = things.api
+    try:
+        host_config = api.create_host_config(
+            network_mode="host",
+            pid_mode=run["pid_mode"],
+            cap_drop=run["cap_drop"],
+            cap_add=run["cap_add"],
+            binds=[*run["binds"], f"{sa}:{SA_DIR}:ro"],
+            read_only=run["read_only"],
+            tmpfs=run["tmpfs"],
+        )
+        created = api.create_container(
+            retinad_image,
+            # The ConfigMap listens on :10095; other jobs share this host's network.
+            command=[*run["args"], "--web.listen-address", f"127.0.0.1:{port}"],
+            environment=run["env"],
+            name=unique("rt-retinad-pod"),
+            labels={LABEL: "1"},
+            host_config=host_config,
+            stop_signal="SIGTERM",
+        )
+        things.containers.append(created["Id"])
+        api.start(created["Id"])
+
+        def logs() -> str:
+            return unquoted(bytes(api.logs(created["Id"])).decode(errors="replace"))
+
+        def up() -> bool:
+            if not api.inspect_container(created["Id"])["State"]["Running"]:
+                raise AssertionError(f"retinad's container exited:\n{logs()}")
+            return _serving(port) and (
+                value(scrape(port), "retinad_resolver_up", {"resolver": "kubernetes"}) == 1
+            )
+
+        wait_for(up, timeout=180, what="the pod's retinad serving with the kubernetes resolver up")
+        web = workloads["10.245.1.10"]
+        labels = {
+            "direction": "egress",
+            "namespace": web.namespace,
+            "name": web.name,
+            "workload_kind": web.workload_kind,
+            "workload_name": web.workload_name,
+        }
+
+        def sent() -> tuple[float, float]:
+            now = scrape(port)
+            return (
+                value(now, "retinad_endpoint_forward_packets_total", labels),
+                value(now, "retinad_endpoint_forward_bytes_total", labels),
+            )
+
+        def named() -> bool:
+            ns.run(sys.executable, "-c", SENDER, "10.245.1.1", "1", "10")
+            return sent()[0] > 0
+
+        wait_for(named, timeout=30, what="web-1's veth attached and named")
+        before = sent()
+        ns.run(sys.executable, "-c", SENDER, "10.245.1.1", "6", "80")
+        want = (before[0] + 6, before[1] + 6 * (UDP4 + 80))
+        wait_for(lambda: sent() == want, timeout=10, what=f"web-1 egress {want} (now {sent()})")
+        api.stop(created["Id"], timeout=20)
+        assert api.inspect_container(created["Id"])["State"]["ExitCode"] == 0, logs()
+        text = logs()
+        assert "403" not in text and "Forbidden" not in text, text
+        assert "kubernetes-pods: index in sync" in text, text
+    finally:
+        things.close()
