@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_proc import http_get, try_get, wait_for
+from tests.daemon_proc import http_get, wait_for
+from tests.deploy.scrape import serving
 from tests.docker_engine import LABEL, Container, DockerEngine, Things, unique
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -139,10 +140,8 @@ def daemon(
             state = things.api.inspect_container(c.id)["State"]
             if not state["Running"]:
                 raise AssertionError(f"retinad's container exited:\n{d.logs()}")
-            got = try_get(f"http://127.0.0.1:{port}/metrics")
-            return (
-                got is not None
-                and value(d.scrape(), "retinad_resolver_up", {"resolver": "docker"}) == 1
+            return serving(port) and (
+                value(d.scrape(), "retinad_resolver_up", {"resolver": "docker"}) == 1
             )
 
         wait_for(ready, timeout=180, what="retinad in its container serving, docker resolver up")

@@ -38,8 +38,9 @@ from retinad.model import Endpoint
 from retinad.resolvers import kubernetes as kube
 from retinad.resolvers.base import ResolverContext
 from retinad.resolvers.follow import Backoff
-from tests.daemon_proc import DaemonProcess, http_get, try_get, wait_for
+from tests.daemon_proc import DaemonProcess, http_get, wait_for
 from tests.deploy import manifests as m
+from tests.deploy.scrape import serving
 from tests.kube_cluster import KubeCluster
 from tests.netns import Netns, delete_link, veth_to
 
@@ -563,7 +564,7 @@ def test_daemon_with_the_service_account_counts_a_pod_by_name_with_no_403(
 
 
 def _serving(port: int) -> bool:
-    return try_get(f"http://127.0.0.1:{port}/metrics") is not None
+    return serving(port)
 
 
 def test_daemon_with_a_rule_removed_logs_the_403_and_exports_resolver_down(
