@@ -38,3 +38,14 @@ man: setup-dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The container image and the Kubernetes manifests alone (also part of `make test`):
+# tests/deploy builds the image from this checkout (scripts/build-image.sh; the base
+# rootfs is cached in /var/cache/retinad-test/image) and runs the RBAC tests against the
+# real kube-apiserver with --authorization-mode=RBAC.
+.PHONY: test-deploy test-image
+test-deploy: setup-dev
+	$(BIN)/pytest tests/deploy $(PYTEST_ARGS)
+
+test-image: setup-dev
+	$(BIN)/pytest tests/deploy/test_image.py $(PYTEST_ARGS)

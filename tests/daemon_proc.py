@@ -69,12 +69,14 @@ class DaemonProcess:
         *,
         workdir: Path,
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix`` wraps the command, e.g. ``setpriv`` to run with fewer capabilities."""
         self.log_path = workdir / "retinad.log"
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
-            [*RETINAD, *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env
+            [*prefix, *RETINAD, *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env
         )
 
     @property

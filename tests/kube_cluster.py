@@ -11,7 +11,13 @@ No kubelet, scheduler or controller-manager run, so:
 * deleting a namespace leaves it ``Terminating`` forever (no namespace
   controller), so tests should use fresh namespace names instead;
 * the ``ServiceAccount`` admission plugin is disabled (nobody creates the
-  ``default`` service account that it would demand of every pod).
+  ``default`` service account that it would demand of every pod);
+* no token controller: a ServiceAccount's token comes from the TokenRequest API
+  (:meth:`KubeCluster.service_account_token`), as kubelet gets projected tokens.
+
+``rbac=True`` runs the apiserver with ``--authorization-mode=RBAC``: the test's own
+token stays in ``system:masters`` (allowed everything), while a ServiceAccount token
+gets exactly what its (Cluster)RoleBindings grant. Without it, AlwaysAllow.
 
 The apiserver runs with ``--watch-cache=false`` so that watches go straight to
 etcd: after :meth:`KubeCluster.compact_etcd` a watch from an older
@@ -277,7 +283,9 @@ class KubeCluster:
         advertise_address: str = DEFAULT_ADVERTISE_ADDRESS,
         service_cidr: str = DEFAULT_SERVICE_CIDR,
         ready_timeout: float = 30.0,
+        rbac: bool = False,
     ) -> None:
+        self.rbac = rbac
         self.apiserver_binary = apiserver_binary or apiserver_binary_path()
         if not os.access(self.apiserver_binary, os.X_OK):
             raise FileNotFoundError(
@@ -424,7 +432,7 @@ class KubeCluster:
             f"--tls-private-key-file={self.certs.server_key}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--token-auth-file={self.token_file}",
-            "--authorization-mode=AlwaysAllow",
+            f"--authorization-mode={'RBAC' if self.rbac else 'AlwaysAllow'}",
             f"--service-account-key-file={self.certs.sa_key}",
             f"--service-account-signing-key-file={self.certs.sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -511,6 +519,10 @@ class KubeCluster:
     # -- clients -----------------------------------------------------------
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig_path, self.token)
+
+    def write_kubeconfig(self, path: Path, token: str, server: str | None = None) -> Path:
+        """Write a kubeconfig for ``token`` (CA-verified, ``server`` or this cluster's URL)."""
         ca = base64.b64encode(self.ca_cert_path.read_bytes()).decode()
         config = {
             "apiVersion": "v1",
@@ -518,10 +530,13 @@ class KubeCluster:
             "clusters": [
                 {
                     "name": "retinad-test",
-                    "cluster": {"server": self.server_url, "certificate-authority-data": ca},
+                    "cluster": {
+                        "server": server or self.server_url,
+                        "certificate-authority-data": ca,
+                    },
                 }
             ],
-            "users": [{"name": "retinad-test", "user": {"token": self.token}}],
+            "users": [{"name": "retinad-test", "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "retinad-test",
@@ -531,8 +546,23 @@ class KubeCluster:
             "current-context": "retinad-test",
         }
         # JSON is valid YAML, and so a valid kubeconfig.
-        self.kubeconfig_path.write_text(json.dumps(config, indent=2) + "\n")
-        self.kubeconfig_path.chmod(0o600)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def service_account_token(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600
+    ) -> str:
+        """A token of ServiceAccount ``namespace/name`` from the TokenRequest API.
+
+        The same kind of bound token kubelet projects into a pod at
+        /var/run/secrets/kubernetes.io/serviceaccount/token.
+        """
+        with self.core_v1() as v1:
+            body = {"spec": {"audiences": [], "expirationSeconds": expiration_seconds}}
+            resp = v1.create_namespaced_service_account_token(name, namespace, body)
+        token: str = resp.status.token
+        return token
 
     def api_client(self) -> Any:
         """A new ``kubernetes.client.ApiClient`` for this cluster (CA-verified, token auth).

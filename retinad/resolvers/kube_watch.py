@@ -100,7 +100,13 @@ class ResourceFollower:
         try:
             self._follow(f)
         except ApiException as err:  # its str() spans lines and dumps headers: shorten it
-            raise ApiError(_describe(err)) from err
+            text = _describe(err)
+            if err.status == 403:
+                text += (
+                    " (RBAC: retinad's ServiceAccount needs list and watch on that resource;"
+                    " see deploy/kubernetes/rbac.yaml)"
+                )
+            raise ApiError(text) from err
 
     def _follow(self, f: Follower) -> None:
         if self.resource_version is None:

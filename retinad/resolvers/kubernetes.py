@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -69,6 +70,9 @@ from retinad.resolvers.index import Claim, EndpointIndex
 from retinad.resolvers.kube_watch import OnEvent, OnList, ResourceFollower
 
 KEY = "[resolvers.kubernetes].kubeconfig"
+NODE_NAME_ENV = "NODE_NAME"
+"""Where a DaemonSet puts the node's name (downward API ``spec.nodeName``): with
+hostNetwork the host name is usually, but not always, the node's name."""
 STOP_WAIT = 0.8
 POD, SVC = "pod/", "svc/"
 
@@ -365,6 +369,15 @@ def load_api_client(kubeconfig: str) -> Any:
     return api
 
 
+def node_name(configured: str) -> str:
+    """The configured name, else $NODE_NAME, else the host name as kubelet registers it."""
+    return (
+        configured
+        or os.environ.get(NODE_NAME_ENV, "").strip()
+        or socket.gethostname().strip().lower()
+    )
+
+
 def create(
     ctx: ResolverContext,
     *,
@@ -379,7 +392,7 @@ def create(
         scope = "cluster" if ctx.settings.packetparser.remote_context else "node"
     return KubernetesResolver(
         load_api_client(ks.kubeconfig),
-        node_name=ks.node_name or socket.gethostname().strip().lower(),
+        node_name=node_name(ks.node_name),
         cluster_scope=scope == "cluster",
         logger=ctx.logger,
         on_change=ctx.on_change,

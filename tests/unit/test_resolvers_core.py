@@ -221,3 +221,38 @@ def test_every_configurable_resolver_has_a_module(order: list[str]) -> None:
 
     module = importlib.import_module(RESOLVER_MODULES[order[0]])
     assert callable(module.create)
+
+
+class _Veths:
+    """A resolver that knows only host-side interfaces (as the host resolver names veths)."""
+
+    name = "veths"
+    up = alive = True
+
+    def __init__(self, table: dict[int, Endpoint]) -> None:
+        self.table = table
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def size(self) -> int:
+        return len(self.table)
+
+    def by_ip(self, ip: object) -> Endpoint | None:
+        return None
+
+    def by_ifindex(self, ifindex: int) -> Endpoint | None:
+        return self.table.get(ifindex)
+
+
+def test_chain_names_a_veth_by_the_first_resolver_in_order_that_knows_it_or_its_address() -> None:
+    by_address = StaticResolver(
+        parse_config(_static("10.244.0.0/16", "pod"), source="t").resolvers.static.endpoints
+    )
+    veth = Endpoint("", "netns-1", "interface", "veth1")
+    # [resolvers] order = ["static", "veths"]: the address answer of the first wins.
+    chain = ResolverChain([by_address, _Veths({7: veth})])
+    assert chain.endpoint(ip("10.244.1.2"), 7).name == "pod"  # type: ignore[union-attr]
+    assert chain.endpoint(ip("192.0.2.1"), 7) == veth  # unknown address
+    assert chain.endpoint(ip("192.0.2.1"), 8) is None
+    # The other order: the interface answer of the first wins.
+    assert ResolverChain([_Veths({7: veth}), by_address]).endpoint(ip("10.244.1.2"), 7) == veth
