@@ -72,8 +72,19 @@ log "$(date +%T) vendoring ${#vendored[@]} pure-Python distributions: ${vendored
 # One pip call fetches what this platform would install; then each file that is not a pure
 # wheel is replaced: a platform wheel by the distribution's pure one (charset-normalizer's
 # mypyc build), an sdist by a wheel built from it (sdnotify has no wheel).
-"${pip[@]}" download --no-deps -d "$build/dl" "${vendored[@]}"
+# build/wheel-cache keeps every wheel this made (by exact name and version), so a rebuild
+# fetches and builds nothing it already has.
+cache=$build/wheel-cache
+mkdir -p "$cache" "$build/dl"
+norm() { echo "$1" | tr 'A-Z-.' 'a-z__'; }
+todo=()
+for req in "${vendored[@]}"; do
+  hit=$(ls "$cache/$(norm "${req%%==*}")-${req##*==}-"*.whl 2>/dev/null | head -n 1 || true)
+  if [ -n "$hit" ]; then cp "$hit" "$build/wheels/"; else todo+=("$req"); fi
+done
+[ ${#todo[@]} -eq 0 ] || "${pip[@]}" download --no-deps -d "$build/dl" "${todo[@]}"
 for f in "$build"/dl/*; do
+  [ -e "$f" ] || continue
   base=$(basename "$f")
   case "$base" in
     *-none-any.whl) mv "$f" "$build/wheels/" ;;
@@ -84,6 +95,10 @@ for f in "$build"/dl/*; do
         --abi none --python-version "$pyver" -d "$build/wheels" "$name==$ver" ;;
     *) "${pip[@]}" wheel --use-pep517 --no-deps -w "$build/wheels" "$f" ;;
   esac
+done
+for whl in "$build"/wheels/*.whl; do
+  b=$(basename "$whl"); n=${b%%-*}; rest=${b#*-}
+  cp -n "$whl" "$cache/$(norm "$n")-$rest" 2>/dev/null || true
 done
 for whl in "$build"/wheels/*.whl; do
   case "$whl" in

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from tests.daemon_proc import wait_for
 
-LABEL = "retinad-test=package"
+LABEL = "retinad-test-package=1"
+"""Not the suite's retinad-test label: other sessions' teardowns remove those."""
 
 
 def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 300, **kw: object) -> str:
@@ -66,7 +67,7 @@ class Box:
             what="systemd to finish booting",
         )
 
-    def wait_active(self, unit: str, *, timeout: float = 120, not_pid: str = "") -> str:
+    def wait_active(self, unit: str, *, timeout: float = 240, not_pid: str = "") -> str:
         """Wait until ``unit`` is active (after READY=1) with a main PID other than not_pid."""
 
         def ready() -> str | None:
