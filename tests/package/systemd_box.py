@@ -122,7 +122,8 @@ class NspawnMachine(Box):
         self.proc = subprocess.Popen(
             [
                 "systemd-nspawn", "-q", "-b", "-D", str(rootfs), "--volatile=overlay",
-                "--register=no", "--keep-unit", "--private-network", "--console=passive",
+                "--register=no", "--keep-unit", "--private-network", "--network-veth",
+                "--console=passive",
                 "-M", name, f"--capability={capabilities}",
                 "--system-call-filter=bpf perf_event_open",
                 "--bind-ro=/lib/modules", "--bind-ro=/usr/src",
@@ -137,8 +138,14 @@ class NspawnMachine(Box):
         if self.proc.poll() is not None:
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
             raise AssertionError(f"systemd-nspawn exited {self.proc.returncode}: {err}")
-        out = run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], check=False).split()
-        return int(out[0]) if out else None
+        # nspawn's first child is a short-lived helper; the machine's init is the child
+        # that became systemd.
+        out = run(["ps", "-o", "pid=,comm=", "--ppid", str(self.proc.pid)], check=False)
+        for line in out.splitlines():
+            pid, _, comm = line.strip().partition(" ")
+            if comm.strip() == "systemd":
+                return int(pid)
+        return None
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.leader), "-a", *argv]

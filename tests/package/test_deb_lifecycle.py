@@ -57,22 +57,45 @@ def _bpftool(*args: str) -> list[dict[str, object]]:
     return list(json.loads(run(["bpftool", "-j", *args]) or "[]"))
 
 
-def _ours(box: SystemdContainer) -> tuple[set[int], set[int]]:
-    """(program ids, link ids) held by the unit's processes, seen from the host.
+def _host_pid(box: SystemdContainer, ns_pid: int) -> int | None:
+    """The host PID of process ``ns_pid`` of the container's PID namespace."""
+    target = os.readlink(f"/proc/{box.pid}/ns/pid")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "ns/pid") != target:
+                continue
+            nspid = next(
+                ln for ln in (proc / "status").read_text().splitlines() if ln.startswith("NSpid:")
+            )
+        except (OSError, StopIteration):
+            continue
+        if int(nspid.split()[-1]) == ns_pid:
+            return int(proc.name)
+    return None
 
-    bpftool 7.1 cannot name a tcx link's interface, so "ours" is what the service's own
-    processes hold: their host PIDs come from the unit's cgroup (the container shares the
-    host's cgroup tree), their programs from bpftool's pids, their links by program id.
+
+def _ours(box: SystemdContainer) -> tuple[set[int], set[int]]:
+    """(program ids, link ids) held by the unit's main process, seen from the host.
+
+    bpftool 7.1 names neither a tcx link's interface nor (here) a program's holders, so
+    "ours" is read from retinad's own file descriptors: /proc/<host pid>/fdinfo carries
+    prog_id and link_id for each BPF fd. Other sessions' retinads hold other ids.
     """
-    cgroup = box.show(UNIT, "ControlGroup")["ControlGroup"]
-    procs = Path(f"/sys/fs/cgroup/systemd{cgroup}/cgroup.procs")
-    pids = {int(p) for p in procs.read_text().split()} if procs.exists() else set()
-    progs = {
-        int(p["id"])  # type: ignore[call-overload]
-        for p in _bpftool("prog", "show")
-        if any(h.get("pid") in pids for h in p.get("pids", []))  # type: ignore[attr-defined]
-    }
-    links = {int(x["id"]) for x in _bpftool("link", "show") if x.get("prog_id") in progs}  # type: ignore[call-overload]
+    pid = _host_pid(box, int(box.show(UNIT, "MainPID")["MainPID"]))
+    assert pid is not None, "retinad's main process not found from the host"
+    progs: set[int] = set()
+    links: set[int] = set()
+    for fd in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            fields = dict(ln.split(":\t", 1) for ln in fd.read_text().splitlines() if ":\t" in ln)
+        except OSError:
+            continue
+        if "link_id" in fields:
+            links.add(int(fields["link_id"]))
+        elif "prog_id" in fields:
+            progs.add(int(fields["prog_id"]))
     return progs, links
 
 
