@@ -35,7 +35,9 @@ PEER = "10.254.77.1"
 @pytest.fixture(scope="module")
 def machine(image_cache: Path, packages: Packages) -> Iterator[NspawnMachine]:
     name = f"rtpkg{os.getpid() % 100000}"
-    m = NspawnMachine(image_cache / "rootfs-bcc", name, "CAP_BPF,CAP_PERFMON")
+    # CAP_SYS_RAWIO for the machine's systemd, which mounts tracefs only with it (as a host
+    # systemd has it): the unit's Wants=sys-kernel-tracing.mount then mounts it.
+    m = NspawnMachine(image_cache / "rootfs-bcc", name, "CAP_BPF,CAP_PERFMON,CAP_SYS_RAWIO")
     try:
         m.wait_booted()
         host_if = f"ve-{name}"[:15]
