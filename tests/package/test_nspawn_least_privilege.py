@@ -26,7 +26,7 @@ from tests.package.systemd_box import NspawnMachine, run
 UNIT = "retinad.service"
 CAPS = {"CAP_BPF": 39, "CAP_PERFMON": 38, "CAP_NET_ADMIN": 12, "CAP_SYS_PTRACE": 19}
 MASK = sum(1 << bit for bit in CAPS.values())
-EXPOSURE_MAX = 2.8
+EXPOSURE_MAX = 2.9
 """systemd-analyze security's exposure for the unit as shipped (docs/PACKAGING.md)."""
 PACKETS = 300
 PEER = "10.254.77.1"
@@ -61,15 +61,21 @@ def _metrics(m: NspawnMachine) -> str:
 def _egress(m: NspawnMachine) -> list[float] | None:
     """[packets counted on host0] once served (a list: 0.0 is a value for wait_for).
 
-    host0 is a veth whose peer is in the host's namespace, so retinad takes it for a
-    container's host-side veth and counts it in the endpoint series.
+    host0 is the machine's only interface besides lo. Whether retinad files it under the
+    host interface series or (a veth whose peer is in another namespace) the endpoint
+    series depends on whether the kernel reports the peer's namespace id inside the
+    machine, so both are summed: nothing else feeds either.
     """
-    found = re.findall(
+    body = _metrics(m)
+    basic = re.findall(r"^retinad_forward_packets_total\{[^}]*\} (\S+)$", body, re.M)
+    endpoint = re.findall(
         r'^retinad_endpoint_forward_packets_total\{[^}]*workload_name="host0"[^}]*\} (\S+)$',
-        _metrics(m),
+        body,
         re.M,
     )
-    return [sum(float(v) for v in found)] if found else None
+    if not basic:
+        return None
+    return [sum(float(v) for v in basic + endpoint)]
 
 
 def test_shipped_unit_runs_with_exactly_its_capabilities(machine: NspawnMachine) -> None:
