@@ -5,7 +5,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev lint typecheck pytest check clean man
+.PHONY: run test setup setup-dev lint typecheck pytest check clean man package test-package
 
 setup:
 	bash scripts/setup.sh
@@ -35,6 +35,18 @@ test: lint typecheck pytest
 # (committed; tests/unit/test_cli_docs.py fails when they are stale)
 man: setup-dev
 	$(BIN)/python scripts/gen_cli_docs.py
+
+# dist/retinad_<version>-<release>_all.deb and dist/retinad-<version>-<release>.noarch.rpm
+# (RETINAD_RELEASE=N for another release of the same version).
+package:
+	bash packaging/build.sh dist
+
+# The package tier (tests/package): builds both packages, boots systemd in Docker and in
+# systemd-nspawn, installs, scrapes, reloads, upgrades, removes, purges; lintian; rpm.
+# Installs what it needs itself (debootstrap, systemd-container, rpm, lintian).
+test-package: setup-dev
+	bash scripts/setup-package-tests.sh
+	RETINAD_PACKAGE_TESTS=1 $(BIN)/pytest tests/package -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
