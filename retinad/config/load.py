@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import fnmatch
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -43,7 +44,15 @@ def load_config(path: str | Path) -> Settings:
         raise ConfigError(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p}: cannot read: {err}") from err
-    return parse_config(text, source=str(p))
+    settings = parse_config(text, source=str(p))
+    web_config = settings.web.config_file
+    if web_config and not os.path.isabs(web_config):
+        # As Prometheus does for the files its config names: relative to the config's folder.
+        resolved = os.path.normpath(os.path.join(p.parent.absolute(), web_config))
+        settings = dataclasses.replace(
+            settings, web=dataclasses.replace(settings.web, config_file=resolved)
+        )
+    return settings
 
 
 def load_default_config() -> Settings:
@@ -178,8 +187,13 @@ def _convert(
 # --- rules that span more than a type -----------------------------------------------------
 
 
-def parse_listen_address(addr: str) -> tuple[str, int]:
-    """Split "host:port", "[v6]:port" or ":port" into (host, port); ValueError if malformed."""
+def parse_listen_address(addr: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port" or ":port" into (host, port); ValueError if malformed.
+
+    The one parser of listen addresses: the config check, the command-line flag and the
+    web server all use it. Port 0 ("any free port") is refused in a config, where it
+    would make the exporter unreachable, and allowed for the server itself (tests).
+    """
     if addr.startswith("["):
         host, sep, port = addr[1:].partition("]:")
         if not sep:
@@ -190,8 +204,9 @@ def parse_listen_address(addr: str) -> tuple[str, int]:
             raise ValueError("expected host:port or :port")
         if ":" in host:
             raise ValueError("an IPv6 address must be in brackets, as [::1]:port")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    lowest = 0 if allow_port_zero else 1
+    if not port.isdigit() or not lowest <= int(port) < 65536:
+        raise ValueError(f"port {port!r} is not a number from {lowest} to 65535")
     return host, int(port)
 
 
