@@ -255,6 +255,11 @@ def _check_cross_field(s: Settings, source: str) -> None:
             )
 
     def resolvers() -> None:
+        if not s.resolvers.order:
+            raise ConfigError(
+                f'{source}: [resolvers].order: expected at least one resolver ("host" names '
+                "what the host itself knows)"
+            )
         seen: set[str] = set()
         for i, name in enumerate(s.resolvers.order):
             if name not in KNOWN_RESOLVERS:
@@ -306,3 +311,20 @@ def _check_cross_field(s: Settings, source: str) -> None:
     checks += [web, interfaces, events, resolvers, static_endpoints, resolver_addresses]
     for check in checks:
         check()
+
+
+def ineffective_settings(s: Settings) -> list[str]:
+    """Settings that change nothing in the chosen mode, one warning each (start, reload,
+    check-config): an operator who set them expects something that will not happen."""
+    if s.metrics.mode != "basic":
+        return []
+    out = []
+    basic = '[metrics].mode = "basic" (node-level series only)'
+    if s.packetparser.remote_context:
+        out.append(f"[packetparser].remote_context has no effect with {basic}")
+    if s.metrics.ip_label:
+        out.append(f"[metrics].ip_label has no effect with {basic}")
+    if s.resolvers.order != ["host"]:
+        names = ", ".join(f'"{r}"' for r in s.resolvers.order)
+        out.append(f"[resolvers].order ({names}) has no effect with {basic}: none is started")
+    return out

@@ -37,7 +37,9 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from retinad.config.load import ineffective_settings
 from retinad.config.schema import MetricsSettings, Settings
+from retinad.daemon.preflight import resolvers_in_use
 from retinad.daemon.systemd import Notifier
 from retinad.errors import ConfigError, PluginError, RetinadError
 from retinad.exporter.collector import Collector, ExporterRegistry
@@ -53,6 +55,14 @@ from retinad.resolvers.registry import build_chain
 
 SettingsLoader = Callable[[], Settings]
 """Re-reads the config (file + command-line overrides); raises ConfigError."""
+
+
+def _usable(settings: Settings) -> Settings:
+    """``settings`` with only the resolvers that can be used (none in basic mode)."""
+    order = resolvers_in_use(settings)
+    return dataclasses.replace(
+        settings, resolvers=dataclasses.replace(settings.resolvers, order=order)
+    )
 
 
 class FailedPlugin:
@@ -131,8 +141,10 @@ class Daemon:
                 readiness=self.ready,
             )
             self._web.start()
+            for warning in ineffective_settings(self.settings):
+                self._log.warning("%s", warning)
             n.status("starting resolvers")
-            self._resolver = build_chain(self.settings, self._log.getChild("resolver"))
+            self._resolver = build_chain(_usable(self.settings), self._log.getChild("resolver"))
             self._resolver.start()
             for spec in PLUGINS:
                 if spec.enabled(self.settings):
@@ -251,7 +263,9 @@ class Daemon:
         applied = dataclasses.replace(
             old, log=new.log, metrics=new.metrics, web=self._apply_web(new)
         )
-        if new.resolvers != old.resolvers:
+        for warning in ineffective_settings(new):
+            self._log.warning("reload: %s", warning)
+        if _usable(new).resolvers != _usable(old).resolvers:
             self._log.warning("reload: [resolvers] changes take effect on restart")
         for spec in PLUGINS:
             section = self._reload_plugin(spec, new)
