@@ -111,9 +111,14 @@ class Daemon:
     # --- signals -----------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
+        """Flags only; with SA_RESTART, so a signal arriving while bcc/LLVM compiles or
+        a netlink call runs in C restarts the interrupted system call instead of failing
+        it with EINTR (which C libraries do not all retry)."""
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.siginterrupt(sig, False)
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()

@@ -113,7 +113,7 @@ class WebServer:
         self._app: _App | None = None
         self._handler: type[_Handler] | None = None
         self._renders = _InFlight(0)
-        """Renders in progress on any connection: stop() waits for them to finish."""
+        """Requests in progress on any connection: stop() waits for them to finish."""
 
     @property
     def settings(self) -> WebSettings:
@@ -428,6 +428,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        """Serve one request; counted in ``renders`` until its reply is written, so that
+        stop() neither cuts a reply short nor lets a plugin go while it is read."""
+        self.app.renders.acquire()
+        try:
+            self._get()
+        finally:
+            self.app.renders.release()
+
+    def _get(self) -> None:
         app = self.app
         config = app.watcher.current()
         self._extra = config.http.headers
@@ -472,7 +481,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             msg = f"Limit of concurrent requests reached ({limit}), try again later."
             self._refuse(503, msg, "max_requests")
             return
-        app.renders.acquire()
         try:
             body, content_type = app.source.render(
                 collect=collect, exclude=exclude, accept=self.headers.get("Accept")
@@ -486,7 +494,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(500, f"{msg}\n".encode(), _TEXT)
             return
         finally:
-            app.renders.release()
             app.in_flight.release()
         headers: list[tuple[str, str]] = []
         if _accepts_gzip(self.headers.get("Accept-Encoding")):
