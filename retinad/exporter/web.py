@@ -16,6 +16,9 @@ serves HTTP/1.1 keep-alive requests. Where retinad differs from exporter-toolkit
 * HTTP/2 is never offered; ``http_server_config.http2`` is accepted and ignored.
 * A web config that becomes invalid while running is logged and the last good one stays
   in force (exporter-toolkit answers 500 until it is fixed).
+
+``/-/healthy`` and ``/-/ready`` answer as Prometheus's do (behind the same TLS and auth),
+and ``reconfigure`` applies new ``[web]`` settings without a moment with no listener.
 """
 
 from __future__ import annotations
