@@ -722,3 +722,18 @@ def test_stop_waits_for_a_scrape_in_flight() -> None:
         stopper.join(10)
         t.join(10)
     assert [r.status for r in got] == [200] and got[0].body == ALPHA + BETA
+
+
+def test_web_config_deleted_at_run_time_warns_once_and_keeps_the_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = web_yml(tmp_path, f"basic_auth_users:\n  alice: {HASH1}\n")
+    with caplog.at_level(logging.WARNING, logger=LOGGER), serving(config_file=config) as server:
+        Path(config).unlink()
+        statuses = [get(server, auth=("alice", PW1)).status for _ in range(3)]
+        statuses.append(get(server).status)
+    assert statuses == [200, 200, 200, 401]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"web config {config} was deleted; the last one read stays in force (restore the "
+        "file, or remove [web].config_file and reload, to change it)"
+    ]
