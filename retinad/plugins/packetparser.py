@@ -116,6 +116,10 @@ class PacketParser:
         self._kernel: _KernelConfig | None = None
         self._ledgers: dict[str, SeriesLedger] = {}
         self._sweeper: Sweeper | None = None
+        self._running = False
+        """Attach only while True (under _lock): a link callback that comes late from a
+        stopping watcher must not attach the programs stop() is about to close, or the
+        next start finds the interface "already attached" to a dead generation."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -125,6 +129,8 @@ class PacketParser:
             self._attacher = make_attacher(self.settings.attach_mode)
             self._load(kc)
             self._kernel = kc
+            with self._lock:
+                self._running = True
             self._watcher = LinkWatcher(
                 on_link=self._on_link,
                 on_link_removed=self._on_link_removed,
@@ -147,6 +153,8 @@ class PacketParser:
         self._log.info("%s", self.status())
 
     def stop(self) -> None:
+        with self._lock:
+            self._running = False
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
@@ -282,6 +290,8 @@ class PacketParser:
 
     def _reconcile(self, link: LinkInfo) -> None:
         """Attach, re-attach or detach one interface so it matches the selection."""
+        if not self._running:
+            return
         role = role_of(
             link,
             self.settings.interfaces,
