@@ -366,6 +366,7 @@ def test_dead_netlink_thread_withholds_the_watchdog(tmp_path: Path, free_port: i
     from retinad.config.load import load_config
     from retinad.daemon.lifecycle import Daemon
     from retinad.daemon.systemd import Notifier
+    from tests.netns import sh, unique
 
     assert _route_netlink_fds_with_groups() == [], "a watcher socket before the daemon runs"
     cfg = tmp_path / "retinad.toml"
@@ -390,6 +391,11 @@ def test_dead_netlink_thread_withholds_the_watchdog(tmp_path: Path, free_port: i
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, fds[0])
         os.close(devnull)
+        # The thread sleeps in select() on the old socket until a netlink event wakes it:
+        # make one (a veth pair of our own, gone again at once).
+        name = unique("rtw")
+        sh("ip", "link", "add", name, "type", "veth", "peer", "name", unique("rtw"))
+        sh("ip", "link", "del", name)
         wait_for(lambda: not daemon.healthy(), what="the daemon to see the dead thread")
         # A ping already decided before the thread died may still come (a loaded machine
         # can delay the loop); after half a second of silence none may arrive for 1.5 s.
