@@ -19,11 +19,12 @@ from retinad import __version__
 from retinad.config.load import (
     DEFAULT_CONFIG_PATH,
     default_config_text,
+    ineffective_settings,
     load_config,
     load_default_config,
     parse_listen_address,
 )
-from retinad.config.schema import Settings
+from retinad.config.schema import Settings, WebSettings
 from retinad.errors import ConfigError, RetinadError
 from retinad.logs import LEVELS, setup_logging
 from retinad.plugins.registry import PLUGIN_NAMES
@@ -122,8 +123,13 @@ def apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
             )
         web = dataclasses.replace(web, telemetry_path=args.telemetry_path)
     if args.max_requests is not None:
-        if args.max_requests < 0:
-            raise ConfigError(f"--web.max-requests: expected 0 or more, got {args.max_requests}")
+        bounds = {f.name: f.metadata for f in dataclasses.fields(WebSettings)}["max_requests"]
+        lo, hi = bounds["min"], bounds["max"]  # one range for the flag and the TOML key
+        if not lo <= args.max_requests <= hi:
+            raise ConfigError(
+                f"--web.max-requests: expected an integer from {lo} to {hi}, "
+                f"got {args.max_requests}"
+            )
         web = dataclasses.replace(web, max_requests=args.max_requests)
     log = settings.log
     if args.log_level:
@@ -150,19 +156,44 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = args.file or args.config_file or DEFAULT_CONFIG_PATH
-    load_config(path)
-    print(f"{path}: OK")
+    """Validate what the daemon would run with: the file (or the embedded defaults when
+    no file is given and the default path is absent) plus flags, then everything the
+    daemon would refuse at start that the config's own files can tell (the web config,
+    a kubeconfig), with the daemon's own messages. Exit 0 or 2."""
+    from retinad.daemon.preflight import preflight
+
+    path = args.file or args.config_file
+    if path is None and not Path(DEFAULT_CONFIG_PATH).exists():
+        settings = apply_flags(load_default_config(), args)
+        where = f"{DEFAULT_CONFIG_PATH} is absent: retinad would run on the embedded defaults"
+    else:
+        path = path or DEFAULT_CONFIG_PATH
+        settings = apply_flags(load_config(path), args)
+        where = path
+    try:
+        preflight(settings)
+    except RetinadError as err:  # the web config or kubeconfig the daemon would refuse
+        print(f"retinad: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in ineffective_settings(settings):
+        print(f"retinad: warning: {warning}", file=sys.stderr)
+    print(f"{where}: OK")
     return EXIT_OK
 
 
 def cmd_check(settings: Settings) -> int:
-    from retinad.kernel.features import run_probes
+    from retinad.daemon.preflight import preflight
+    from retinad.kernel.features import Probe, run_probes
 
-    needed = needed_probes(settings)
+    needed = needed_probes(settings) | {"config"}
+    try:
+        preflight(settings)
+        config = Probe("config", "ok", "the daemon would accept this configuration")
+    except RetinadError as err:
+        config = Probe("config", "missing", str(err))
     rows = []
     bad = denied = 0
-    for probe in run_probes():
+    for probe in [config, *run_probes(docker_host=settings.resolvers.docker.host)]:
         need = probe.name in needed
         verdict = {
             "ok": "ok",

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import fnmatch
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -43,7 +44,15 @@ def load_config(path: str | Path) -> Settings:
         raise ConfigError(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p}: cannot read: {err}") from err
-    return parse_config(text, source=str(p))
+    settings = parse_config(text, source=str(p))
+    web_config = settings.web.config_file
+    if web_config and not os.path.isabs(web_config):
+        # As Prometheus does for the files its config names: relative to the config's folder.
+        resolved = os.path.normpath(os.path.join(p.parent.absolute(), web_config))
+        settings = dataclasses.replace(
+            settings, web=dataclasses.replace(settings.web, config_file=resolved)
+        )
+    return settings
 
 
 def default_config_text() -> str:
@@ -183,8 +192,13 @@ def _convert(
 # --- rules that span more than a type -----------------------------------------------------
 
 
-def parse_listen_address(addr: str) -> tuple[str, int]:
-    """Split "host:port", "[v6]:port" or ":port" into (host, port); ValueError if malformed."""
+def parse_listen_address(addr: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port" or ":port" into (host, port); ValueError if malformed.
+
+    The one parser of listen addresses: the config check, the command-line flag and the
+    web server all use it. Port 0 ("any free port") is refused in a config, where it
+    would make the exporter unreachable, and allowed for the server itself (tests).
+    """
     if addr.startswith("["):
         host, sep, port = addr[1:].partition("]:")
         if not sep:
@@ -195,8 +209,9 @@ def parse_listen_address(addr: str) -> tuple[str, int]:
             raise ValueError("expected host:port or :port")
         if ":" in host:
             raise ValueError("an IPv6 address must be in brackets, as [::1]:port")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    lowest = 0 if allow_port_zero else 1
+    if not port.isdigit() or not lowest <= int(port) < 65536:
+        raise ValueError(f"port {port!r} is not a number from {lowest} to 65535")
     return host, int(port)
 
 
@@ -245,6 +260,11 @@ def _check_cross_field(s: Settings, source: str) -> None:
             )
 
     def resolvers() -> None:
+        if not s.resolvers.order:
+            raise ConfigError(
+                f'{source}: [resolvers].order: expected at least one resolver ("host" names '
+                "what the host itself knows)"
+            )
         seen: set[str] = set()
         for i, name in enumerate(s.resolvers.order):
             if name not in KNOWN_RESOLVERS:
@@ -296,3 +316,20 @@ def _check_cross_field(s: Settings, source: str) -> None:
     checks += [web, interfaces, events, resolvers, static_endpoints, resolver_addresses]
     for check in checks:
         check()
+
+
+def ineffective_settings(s: Settings) -> list[str]:
+    """Settings that change nothing in the chosen mode, one warning each (start, reload,
+    check-config): an operator who set them expects something that will not happen."""
+    if s.metrics.mode != "basic":
+        return []
+    out = []
+    basic = '[metrics].mode = "basic" (node-level series only)'
+    if s.packetparser.remote_context:
+        out.append(f"[packetparser].remote_context has no effect with {basic}")
+    if s.metrics.ip_label:
+        out.append(f"[metrics].ip_label has no effect with {basic}")
+    if s.resolvers.order != ["host"]:
+        names = ", ".join(f'"{r}"' for r in s.resolvers.order)
+        out.append(f"[resolvers].order ({names}) has no effect with {basic}: none is started")
+    return out

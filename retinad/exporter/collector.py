@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from retinad import __version__
+from retinad.errors import RetinadError
 from retinad.exporter import naming
 
 
@@ -107,6 +108,9 @@ class ExporterRegistry:
             try:
                 metrics = list(collector.collect())
                 ok = 1.0
+            except RetinadError as err:  # a known state (plugin not running): no traceback
+                self._log.error("collector %s failed: %s", name, err)
+                metrics, ok = [], 0.0
             except Exception:
                 self._log.exception("collector %s failed", name)
                 metrics, ok = [], 0.0

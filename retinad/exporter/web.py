@@ -16,6 +16,9 @@ serves HTTP/1.1 keep-alive requests. Where retinad differs from exporter-toolkit
 * HTTP/2 is never offered; ``http_server_config.http2`` is accepted and ignored.
 * A web config that becomes invalid while running is logged and the last good one stays
   in force (exporter-toolkit answers 500 until it is fixed).
+
+``/-/healthy`` and ``/-/ready`` answer as Prometheus's do (behind the same TLS and auth),
+and ``reconfigure`` applies new ``[web]`` settings without a moment with no listener.
 """
 
 from __future__ import annotations
@@ -34,20 +37,26 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import ClassVar, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
 
 import retinad
+from retinad.config.load import parse_listen_address
 from retinad.config.schema import WebSettings
-from retinad.errors import RetinadError
+from retinad.errors import RetinadError, WebConfigError
 from retinad.exporter.webconfig import RateLimit, WebConfigWatcher
 
 IO_TIMEOUT_SECONDS = 60.0
 """How long a connection may stay silent (handshake, request or keep-alive idle)."""
 _TEXT = "text/plain; charset=utf-8"
+HEALTHY_PATH = "/-/healthy"
+"""200 while the process serves HTTP (Prometheus's /-/healthy)."""
+READY_PATH = "/-/ready"
+"""200 once every enabled plugin is attached, else 503 (Prometheus's /-/ready). Both sit
+behind the web config's TLS, rate limit and basic auth, as every Prometheus endpoint does."""
 
 
 class MetricsSource(Protocol):
@@ -63,26 +72,63 @@ class MetricsSource(Protocol):
         ...
 
 
+Readiness = Callable[[], bool]
+"""Whether every enabled plugin is attached (the same condition as systemd's READY=1)."""
+
+
+class _Listener:
+    """One bound address and the thread accepting on it."""
+
+    def __init__(self, address: str, sock: socket.socket) -> None:
+        self.address, self.sock = address, sock
+        self.closing = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    @property
+    def bound(self) -> tuple[str, int]:
+        return cast(tuple[str, int], self.sock.getsockname()[:2])
+
+
 class WebServer:
-    """Serves the landing page and the telemetry path on every listen address."""
+    """Serves the landing page, /-/healthy, /-/ready and the telemetry path.
+
+    ``start`` binds; ``reconfigure`` applies new ``[web]`` settings in place: the new web
+    config is loaded and every new address bound *before* anything changes, addresses
+    kept from the old settings keep their socket (no moment without a listener, no
+    second bind of the same port), and only then does the server switch. Any error
+    leaves the running server exactly as it was.
+    """
 
     def __init__(
-        self, *, settings: WebSettings, source: MetricsSource, logger: logging.Logger
+        self,
+        *,
+        settings: WebSettings,
+        source: MetricsSource,
+        logger: logging.Logger,
+        readiness: Readiness | None = None,
     ) -> None:
         self._settings, self._source, self._logger = settings, source, logger
-        self._listeners: list[socket.socket] = []
-        self._addresses: list[tuple[str, int]] = []
-        self._threads: list[threading.Thread] = []
+        self._readiness: Readiness = readiness or (lambda: True)
+        self._listeners: list[_Listener] = []
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._watcher: WebConfigWatcher | None = None
+        self._app: _App | None = None
+        self._handler: type[_Handler] | None = None
+        self._renders = _InFlight(0)
+        """Requests in progress on any connection: stop() waits for them to finish."""
+
+    @property
+    def settings(self) -> WebSettings:
+        """The settings this server runs with now (the last that applied)."""
+        return self._settings
 
     @property
     def bound_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) each listener is bound to, the real port when 0 was asked;
         empty before start() and after stop()."""
-        return list(self._addresses)
+        with self._lock:
+            return [lst.bound for lst in self._listeners]
 
     def start(self) -> None:
         """Load the web config, bind every address, serve each in a daemon thread.
@@ -90,72 +136,127 @@ class WebServer:
         Raises WebConfigError for a bad web config and RetinadError naming the address
         when one cannot be bound; then nothing stays bound.
         """
-        if self._listeners:
+        if self._app is not None:
             raise RuntimeError("WebServer.start() called twice")
-        self._watcher = WebConfigWatcher(self._settings.config_file, logger=self._logger)
-        try:
-            for addr in self._settings.listen_address:
-                self._listeners.append(open_listener(addr))
-        except BaseException:
-            self._close_listeners()
-            raise
-        self._addresses = [cast(tuple[str, int], s.getsockname()[:2]) for s in self._listeners]
-        handler = _handler_class(
-            _App(
-                watcher=self._watcher,
-                source=self._source,
-                telemetry_path=self._settings.telemetry_path,
-                in_flight=_InFlight(self._settings.max_requests),
-                logger=self._logger,
-            )
-        )
-        scheme = "https" if self._watcher.tls else "http"
-        for listener in self._listeners:
-            t = threading.Thread(
-                target=self._accept_loop,
-                args=(listener, handler),
-                name=f"web-accept-{listener.getsockname()[1]}",
-                daemon=True,
-            )
-            t.start()
-            self._threads.append(t)
-            host, port = listener.getsockname()[:2]
-            self._logger.info("listening on %s", f"{scheme}://{_join(host, port)}")
+        app, listeners = self._prepare(self._settings, keep={})
+        self._switch(self._settings, app, listeners)
 
-    def stop(self) -> None:
-        """Close every listener and open connection; safe to call more than once."""
+    def reconfigure(self, settings: WebSettings) -> None:
+        """Serve with ``settings`` from now on, or raise and change nothing (see class)."""
+        if self._app is None or self._stopping.is_set():
+            raise RuntimeError("WebServer.reconfigure() before start() or after stop()")
+        with self._lock:
+            keep = {lst.address: lst for lst in self._listeners}
+        app, listeners = self._prepare(settings, keep=keep)
+        self._switch(settings, app, listeners)
+
+    def _prepare(
+        self, settings: WebSettings, *, keep: Mapping[str, _Listener]
+    ) -> tuple[_App, list[_Listener]]:
+        """The new app and listeners, everything that can fail done; nothing switched."""
+        try:
+            watcher = WebConfigWatcher(settings.config_file, logger=self._logger)
+        except WebConfigError as err:
+            raise WebConfigError(f"[web].config_file: {err}") from err
+        app = _App(
+            watcher=watcher,
+            source=self._source,
+            telemetry_path=settings.telemetry_path,
+            in_flight=_InFlight(settings.max_requests),
+            renders=self._renders,
+            readiness=self._readiness,
+            logger=self._logger,
+        )
+        listeners: list[_Listener] = []
+        fresh: list[_Listener] = []
+        try:
+            for addr in settings.listen_address:
+                if addr in keep:
+                    listeners.append(keep[addr])
+                    continue
+                lst = _Listener(addr, open_listener(addr))
+                fresh.append(lst)
+                listeners.append(lst)
+        except BaseException:
+            for lst in fresh:
+                lst.sock.close()
+            raise
+        return app, listeners
+
+    def _switch(self, settings: WebSettings, app: _App, listeners: list[_Listener]) -> None:
+        old_tls = self._app is not None and self._app.watcher.tls
+        with self._lock:
+            dropped = [lst for lst in self._listeners if lst not in listeners]
+            self._settings, self._app = settings, app
+            self._handler = _handler_class(app)
+            self._listeners = listeners
+        scheme = "https" if app.watcher.tls else "http"
+        for lst in listeners:
+            if lst.thread is None:
+                lst.thread = threading.Thread(
+                    target=self._accept_loop,
+                    args=(lst,),
+                    name=f"web-accept-{lst.bound[1]}",
+                    daemon=True,
+                )
+                lst.thread.start()
+                self._logger.info("listening on %s", f"{scheme}://{_join(*lst.bound)}")
+            elif old_tls != app.watcher.tls:
+                self._logger.info("now serving %s://%s", scheme, _join(*lst.bound))
+        for lst in dropped:
+            self._close_listener(lst)
+            self._logger.info("no longer listening on %s", lst.address)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let scrapes in flight finish (up to ``timeout``), then close
+        every connection; safe to call more than once. After it returns no request of
+        this server touches the metrics source any more."""
         self._stopping.set()
-        for listener in self._listeners:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-        for t in self._threads:
-            t.join(timeout=5)
-        self._close_listeners()
+        with self._lock:
+            listeners, self._listeners = self._listeners, []
+        for lst in listeners:
+            self._close_listener(lst)
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:  # no further request is read; a response in progress
+            with contextlib.suppress(OSError):  # is still written (bypassing TLS shutdown)
+                socket.socket.shutdown(conn, socket.SHUT_RD)
+        if not self._renders.wait_idle(timeout):
+            self._logger.warning("stopping with a scrape still in flight after %.0fs", timeout)
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)  # its thread then closes it
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)  # its thread then closes it
 
     def healthy(self) -> bool:
         """Whether every accept loop is still running."""
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        with self._lock:
+            threads = [lst.thread for lst in self._listeners]
+        return bool(threads) and all(t is not None and t.is_alive() for t in threads)
 
-    def _close_listeners(self) -> None:
-        for listener in self._listeners:
-            listener.close()
-        self._listeners, self._addresses = [], []
+    @staticmethod
+    def _close_listener(lst: _Listener) -> None:
+        lst.closing.set()
+        with contextlib.suppress(OSError):
+            lst.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        if lst.thread is not None and lst.thread is not threading.current_thread():
+            lst.thread.join(timeout=5)
+        lst.sock.close()
 
-    def _accept_loop(self, listener: socket.socket, handler: type[_Handler]) -> None:
-        while not self._stopping.is_set():
+    def _accept_loop(self, lst: _Listener) -> None:
+        while not (self._stopping.is_set() or lst.closing.is_set()):
             try:
-                conn, addr = listener.accept()
+                conn, addr = lst.sock.accept()
             except OSError as err:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or lst.closing.is_set():
                     return
-                self._logger.error("accept failed on %s: %s", listener.getsockname(), err)
+                self._logger.error("accept failed on %s: %s", lst.address, err)
                 self._stopping.wait(0.1)  # EMFILE and friends: do not spin
                 continue
+            with self._lock:
+                handler = self._handler
+            assert handler is not None
             threading.Thread(
                 target=self._serve_connection, args=(conn, addr, handler), daemon=True
             ).start()
@@ -165,9 +266,10 @@ class WebServer:
     ) -> None:
         remote = _join(addr[0], addr[1])
         conn.settimeout(IO_TIMEOUT_SECONDS)
+        watcher = handler.app.watcher
         try:
-            if self._watcher is not None and self._watcher.tls:
-                ctx = self._watcher.current().ssl_context
+            if watcher.tls:
+                ctx = watcher.current().ssl_context
                 if ctx is None:  # cannot happen: the watcher keeps TLS on once it is on
                     raise RuntimeError("TLS server without an SSL context")
                 conn = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
@@ -227,7 +329,7 @@ def open_listener(addr: str) -> socket.socket:
     back to 0.0.0.0 on a host without IPv6.
     """
     try:
-        host, port = split_address(addr)
+        host, port = parse_listen_address(addr, allow_port_zero=True)
     except ValueError as err:
         raise RetinadError(f'cannot listen on "{addr}": {err}') from None
     try:
@@ -247,19 +349,6 @@ def open_listener(addr: str) -> socket.socket:
     except OSError as err:
         reason = (err.strerror or str(err)).lower()
         raise RetinadError(f'cannot listen on "{addr}": {reason}') from err
-
-
-def split_address(addr: str) -> tuple[str, int]:
-    """(host, port) from a listen address; unlike the config check it allows port 0."""
-    if addr.startswith("["):
-        host, sep, port = addr[1:].partition("]:")
-    else:
-        host, sep, port = addr.rpartition(":")
-        if ":" in host:
-            raise ValueError("an IPv6 address must be in brackets, as [::1]:port")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError("expected host:port, [address]:port or :port")
-    return host, int(port)
 
 
 def _bind(family: int, sockaddr: tuple[object, ...], *, dual_stack: bool = False) -> socket.socket:
@@ -293,10 +382,13 @@ class _App:
         source: MetricsSource,
         telemetry_path: str,
         in_flight: _InFlight,
+        renders: _InFlight,
+        readiness: Readiness,
         logger: logging.Logger,
     ) -> None:
         self.watcher, self.source, self.logger = watcher, source, logger
         self.telemetry_path, self.in_flight = telemetry_path, in_flight
+        self.renders, self.readiness = renders, readiness
         self.auth = _BasicAuth()
         self.rate = _RateLimiter()
         link = html.escape(telemetry_path.lstrip("/"), quote=True)
@@ -334,7 +426,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = f"retinad/{retinad.__version__}"
     _extra: Sequence[tuple[str, str]] = ()
 
+    def do_HEAD(self) -> None:
+        """As GET, without the body (the headers, Content-Length included, are the same)."""
+        self.do_GET()
+
     def do_GET(self) -> None:
+        """Serve one request; counted in ``renders`` until its reply is written, so that
+        stop() neither cuts a reply short nor lets a plugin go while it is read."""
+        self.app.renders.acquire()
+        try:
+            self._get()
+        finally:
+            self.app.renders.release()
+
+    def _get(self) -> None:
         app = self.app
         config = app.watcher.current()
         self._extra = config.http.headers
@@ -355,6 +460,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == app.telemetry_path:
             self._metrics(url.query)
+        elif url.path == HEALTHY_PATH:
+            self._reply(200, b"retinad is Healthy.\n", _TEXT)
+        elif url.path == READY_PATH:
+            if app.readiness():
+                self._reply(200, b"retinad is Ready.\n", _TEXT)
+            else:
+                self._refuse(503, "Service Unavailable", "not ready")
         elif url.path == "/":
             self._reply(200, app.landing, "text/html; charset=utf-8")
         else:
@@ -429,7 +541,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if name.lower() not in sent:
                 self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _remote(self) -> str:
         return _join(self.client_address[0], self.client_address[1])
@@ -486,7 +599,7 @@ class _InFlight:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._count = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def acquire(self) -> bool:
         with self._lock:
@@ -498,6 +611,13 @@ class _InFlight:
     def release(self) -> None:
         with self._lock:
             self._count -= 1
+            if not self._count:
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is in flight; False if ``timeout`` passed first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._count == 0, timeout)
 
 
 class _RateLimiter:

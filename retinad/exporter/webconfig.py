@@ -518,6 +518,14 @@ class WebConfigWatcher:
         return self._checked_at - newest <= _RACY_SECONDS
 
     def _reload(self, contents: tuple[bytes, ...]) -> None:
+        if not os.path.exists(self._path):
+            self._bad_contents = contents
+            self._logger.warning(
+                "web config %s was deleted; the last one read stays in force (restore the "
+                "file, or remove [web].config_file and reload, to change it)",
+                self._path,
+            )
+            return
         try:
             config = load_web_config(self._path)
             if (config.tls is not None) != self._tls:

@@ -286,8 +286,9 @@ def _yes(
     return Probe(name, "ok", yes) if ok else Probe(name, "missing", no, fix)
 
 
-def run_probes() -> list[Probe]:
-    """Every probe, in the order ``retinad check`` prints them."""
+def run_probes(docker_host: str = "unix:///var/run/docker.sock") -> list[Probe]:
+    """Every probe, in the order ``retinad check`` prints them; the docker row looks at
+    ``docker_host`` (the configured [resolvers.docker].host)."""
     rel = kernel_release()
     ver = kernel_version()
     probes: list[Probe] = []
@@ -424,8 +425,12 @@ def run_probes() -> list[Probe]:
             PRIVILEGE_FIX,
         )
     )
-    sock = Path("/var/run/docker.sock")
-    add(Probe("docker_socket", "info", f"{sock} {'present' if sock.exists() else 'absent'}"))
+    scheme, _, rest = docker_host.partition("://")
+    if scheme == "unix":
+        sock = Path(rest)
+        add(Probe("docker_socket", "info", f"{sock} {'present' if sock.exists() else 'absent'}"))
+    else:
+        add(Probe("docker_socket", "info", f"{docker_host} (a network address: not probed)"))
     kube = os.environ.get("KUBECONFIG") or (
         "in-cluster" if os.environ.get("KUBERNETES_SERVICE_HOST") else ""
     )

@@ -236,7 +236,8 @@ class DropReasonPlugin:
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
-        prog, self._prog = self._prog, None
+        with self._lock:  # a scrape in _account holds it while reading the map's fd
+            prog, self._prog = self._prog, None
         if prog is not None:
             _close(prog)
 
@@ -252,9 +253,10 @@ class DropReasonPlugin:
         if rebuild and self._names is not None:
             try:
                 new = self._build(settings, metrics)
-            except KernelError as err:
-                self._log.error("dropreason: reload failed, keeping the running program: %s", err)
-                return
+            except KernelError as err:  # the running program keeps counting
+                raise PluginError(
+                    f"dropreason: new settings refused, running the old: {err}"
+                ) from err
             with self._lock:
                 self._prog = new
             if old is not None:

@@ -178,7 +178,10 @@ class PacketParser:
         except RetinadError as err:
             self._log.error("reload failed (%s); restarting with the previous settings", err)
             self.settings, self.ctx = old_settings, old_ctx
-            self.start()
+            self.start()  # raises if the old settings fail too: then nothing runs
+            raise PluginError(
+                f"packetparser: new settings refused, running the old: {err}"
+            ) from err
 
     def healthy(self) -> bool:
         sweeping = self._sweeper is None or self._sweeper.alive
@@ -220,12 +223,13 @@ class PacketParser:
             maps.append(("pp_endpoint", abi.EndpointKey))
         if kc.remote:
             maps.append(("pp_remote", abi.RemoteKey))
-        for name, key_type in maps:
-            table = self._bpf[name.encode()]
-            self._insert_overflow_keys(name, table, key_type)
-            self._readers[name] = BatchReader(table, key_type, abi.TrafficValue, percpu=True)
-            if name != "pp_iface":
-                self._ledgers[name] = self._new_ledger(name, self.ctx.metrics)
+        with self._read_lock:  # scrapes iterate _readers/_ledgers under this lock
+            for name, key_type in maps:
+                table = self._bpf[name.encode()]
+                self._insert_overflow_keys(name, table, key_type)
+                self._readers[name] = BatchReader(table, key_type, abi.TrafficValue, percpu=True)
+                if name != "pp_iface":
+                    self._ledgers[name] = self._new_ledger(name, self.ctx.metrics)
 
     def _new_ledger(self, name: str, metrics: MetricsSettings) -> SeriesLedger:
         reader = self._readers[name]

@@ -71,6 +71,10 @@ class InterfaceReconciler:
         self._attached: dict[int, _Attached] = {}
         self._container_ifindexes: set[int] = set()
         self._errors: Counter[str] = Counter()
+        self._running = False
+        """Attach only while True (under _lock): a link callback that comes late from a
+        stopping watcher must not attach the programs stop() is about to close, or the
+        next start finds the interface "already attached" to a dead generation."""
 
     @property
     def mode(self) -> str:
@@ -79,6 +83,8 @@ class InterfaceReconciler:
     def start(self) -> None:
         """Follow the links (attaching every selected one now), warn about patterns that
         match nothing, and remove filters a crashed run left behind."""
+        with self._lock:
+            self._running = True
         self._watcher = LinkWatcher(
             on_link=self.on_link,
             on_link_removed=self._on_link_removed,
@@ -90,6 +96,8 @@ class InterfaceReconciler:
         self._sweep_stale()
 
     def stop(self) -> None:
+        with self._lock:
+            self._running = False
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -147,6 +155,8 @@ class InterfaceReconciler:
 
     def _reconcile(self, link: LinkInfo) -> None:
         """Attach, re-attach or detach one interface so it matches the selection."""
+        if not self._running:
+            return
         current = self._attached.get(link.ifindex)
         # Whether a veth is this namespace's uplink is decided once, when it is first
         # attached: a default route that moves later does not change an interface's role.

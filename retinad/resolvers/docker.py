@@ -184,9 +184,14 @@ def probe(host: str, timeout: float) -> None:
     """
     if not host.startswith("unix://"):
         return
+    path = host[len("unix://") :]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(host[len("unix://") :])
+        try:
+            sock.connect(path)
+        except OSError as err:
+            reason = (err.strerror or str(err)).lower()
+            raise ConnectionError(err.errno, f"cannot connect to {path}: {reason}") from None
 
 
 # --- host-side veths (netlink in the host namespace) --------------------------------------

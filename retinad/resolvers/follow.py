@@ -108,13 +108,23 @@ class Follower:
             try:
                 self._session(self)
                 reason = "event stream ended"
+            except ConnectionError as err:  # never reached it: say so, without a type name
+                reason = err.strerror or str(err)
             except Exception as err:
                 reason = f"{type(err).__name__}: {err}"
+            was_up = self._up.is_set()
             self._up.clear()
             if self.stopping.is_set():
                 return
             delay = self._backoff.next()
-            self._log.warning("%s: source lost (%s); retrying in %.1fs", self.name, reason, delay)
+            if was_up:
+                self._log.warning(
+                    "%s: source lost (%s); retrying in %.1fs", self.name, reason, delay
+                )
+            else:
+                self._log.warning(
+                    "%s: not connected (%s); retrying in %.1fs", self.name, reason, delay
+                )
             self.stopping.wait(delay)
 
 

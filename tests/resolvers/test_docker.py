@@ -252,9 +252,12 @@ def test_new_container_named_within_2s_then_disconnect_and_removal_forget_it(
         assert resolver.by_ifindex(idx) is None
 
 
-def test_nothing_listening_keeps_serving_and_retries(tmp_path: Path) -> None:
+def test_nothing_listening_keeps_serving_and_retries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     r = make_resolver(f"unix://{tmp_path / 'docker.sock'}")
     t0 = time.monotonic()
+    caplog.set_level(logging.WARNING)
     r.start()
     assert time.monotonic() - t0 < 0.1  # start never waits on Docker
     try:
@@ -264,6 +267,11 @@ def test_nothing_listening_keeps_serving_and_retries(tmp_path: Path) -> None:
         assert r.by_ip(ipaddress.ip_address("172.17.0.2")) is None
         assert r.by_ifindex(1) is None
         assert r.size() == 0
+        first = next(m.getMessage() for m in caplog.records)
+        assert first.startswith(
+            f"docker: not connected (cannot connect to {tmp_path / 'docker.sock'}: no such file "
+            "or directory); retrying in "
+        ), first
     finally:
         t0 = time.monotonic()
         r.stop()

@@ -241,3 +241,234 @@ def test_every_key_is_documented() -> None:
                         assert f"| `{sub.name}` |" in part, f"[[{name}]].{sub.name} undocumented"
 
     walk(Settings, "")
+
+
+# --- what check-config promises: nothing the daemon would refuse at start -----------------------
+
+
+def test_order_empty_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "retinad.toml"
+    cfg.write_text("[resolvers]\norder = []\n")
+    assert main(["check-config", str(cfg)]) == 2
+    assert capsys.readouterr().err == (
+        f'retinad: {cfg}: [resolvers].order: expected at least one resolver ("host" names '
+        "what the host itself knows)\n"
+    )
+
+
+def test_max_requests_flag_has_the_keys_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--web.max-requests", "20000", "check-config"]) == 2
+    assert capsys.readouterr().err == (
+        "retinad: --web.max-requests: expected an integer from 0 to 10000, got 20000\n"
+    )
+
+
+def test_web_config_file_is_relative_to_the_toml_files_folder(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    cfg = tmp_path / "etc" / "retinad.toml"
+    cfg.write_text('[web]\nconfig_file = "web.yml"\n')
+    assert load_config(cfg).web.config_file == str(tmp_path / "etc" / "web.yml")
+    cfg.write_text('[web]\nconfig_file = "/abs/web.yml"\n')
+    assert load_config(cfg).web.config_file == "/abs/web.yml"
+
+
+def test_missing_web_config_file_fails_check_config_as_the_daemon_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], free_port: int
+) -> None:
+    from tests.daemon_proc import DaemonProcess
+
+    cfg = tmp_path / "retinad.toml"
+    cfg.write_text(
+        f'[web]\nlisten_address = ["127.0.0.1:{free_port}"]\nconfig_file = "web.yml"\n'
+        "[packetparser]\nenabled = false\n[dropreason]\nenabled = false\n"
+    )
+    message = f"[web].config_file: {tmp_path / 'web.yml'}: no such file"
+    assert main(["check-config", str(cfg)]) == 2
+    assert capsys.readouterr().err == f"retinad: {message}\n"
+    d = DaemonProcess(["--config.file", str(cfg)], workdir=tmp_path)
+    assert d.proc.wait(30) == 1
+    d.stop()
+    assert f'msg="cannot start: {message}"' in d.log
+
+
+def test_kubernetes_without_any_config_fails_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = tmp_path / "retinad.toml"
+    cfg.write_text('[resolvers]\norder = ["kubernetes", "host"]\n')
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        'retinad: [resolvers.kubernetes].kubeconfig is "" (use the pod\'s service account), '
+        "but no in-cluster configuration is available ("
+    )
+    assert err.endswith("): set it to a kubeconfig file\n")
+    cfg.write_text('[resolvers]\norder = ["kubernetes", "host"]\n[metrics]\nmode = "basic"\n')
+    assert main(["check-config", str(cfg)]) == 0  # basic mode starts no resolver
+    assert '[resolvers].order ("kubernetes", "host") has no effect' in capsys.readouterr().err
+
+
+def test_check_config_without_a_file_uses_the_embedded_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from retinad.config.load import DEFAULT_CONFIG_PATH
+
+    assert not Path(DEFAULT_CONFIG_PATH).exists(), "this test needs the default path absent"
+    assert main(["check-config"]) == 0
+    assert capsys.readouterr().out == (
+        f"{DEFAULT_CONFIG_PATH} is absent: retinad would run on the embedded defaults: OK\n"
+    )
+
+
+def test_settings_without_effect_in_basic_mode_warn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "retinad.toml"
+    cfg.write_text(
+        '[metrics]\nmode = "basic"\nip_label = true\n[packetparser]\nremote_context = true\n'
+        '[resolvers]\norder = ["docker", "host"]\n'
+    )
+    assert main(["check-config", str(cfg)]) == 0
+    basic = '[metrics].mode = "basic" (node-level series only)'
+    assert capsys.readouterr().err.splitlines() == [
+        f"retinad: warning: [packetparser].remote_context has no effect with {basic}",
+        f"retinad: warning: [metrics].ip_label has no effect with {basic}",
+        f'retinad: warning: [resolvers].order ("docker", "host") has no effect with {basic}: '
+        "none is started",
+    ]
+
+
+def test_check_reads_the_configured_docker_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "retinad.toml"
+    sock = tmp_path / "docker.sock"
+    cfg.write_text(f'[resolvers.docker]\nhost = "unix://{sock}"\n')
+    main(["--config.file", str(cfg), "check"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("docker_socket")]
+    assert len(rows) == 1 and rows[0].endswith(f"{sock} absent"), rows
+
+
+# --- bad input at volume ---------------------------------------------------------------------
+
+_TABLE_KEYS: dict[str, list[str]] = {}
+
+
+def _known_keys() -> dict[str, list[str]]:
+    """Table path -> its keys, from the schema (so the fuzz mostly hits real keys)."""
+    import dataclasses
+
+    if not _TABLE_KEYS:
+
+        def walk(cls: type, path: str) -> None:
+            hints = typing.get_type_hints(cls)
+            _TABLE_KEYS[path] = [f.name for f in dataclasses.fields(cls)]
+            for f in dataclasses.fields(cls):
+                if dataclasses.is_dataclass(hints[f.name]):
+                    walk(hints[f.name], f"{path}.{f.name}".lstrip("."))
+
+        walk(Settings, "")
+    return _TABLE_KEYS
+
+
+def _toml_value(value: object) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # TOML basic strings take JSON's escapes
+    if isinstance(value, int | float):
+        return json.dumps(value)  # NaN/Infinity are not TOML: a syntax error to report
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def _toml_key(key: str) -> str:
+    import json
+    import re
+
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def test_check_config_over_generated_configs_exits_0_or_2_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    """1,000 generated configs (wrong types, unknown keys, out-of-range values, broken
+    TOML, huge strings, odd Unicode, invalid UTF-8) through ``retinad check-config``:
+    exit 0, or 2 with one line naming the file and the key; never a traceback."""
+    import contextlib
+    import io
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    tables = _known_keys()
+    odd_text = st.text(
+        alphabet=st.characters(codec=None, exclude_categories=()), max_size=40
+    ) | st.sampled_from(["", "\u202e", "é", "\U0001f600", "\x00", "a" * 100_000, "/", ":0"])
+    scalars = (
+        st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+        | st.sampled_from([0, -1, 1, 63, 64, 10000, 10001, 1 << 20, (1 << 20) + 1])
+        | st.floats(allow_nan=True)
+        | odd_text
+        | st.sampled_from(["basic", "advanced", "retina", "ringbuf", "tcx", "host", "info"])
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(odd_text, inner, max_size=3),
+        max_leaves=8,
+    )
+    table_names = st.sampled_from([t for t in tables if t]) | odd_text
+    key_for = {t: st.sampled_from(keys) | odd_text for t, keys in tables.items() if keys}
+
+    @st.composite
+    def documents(draw: st.DrawFn) -> bytes:
+        kind = draw(st.sampled_from(["structured", "structured", "structured", "text", "bytes"]))
+        if kind == "bytes":
+            return draw(st.binary(max_size=200))
+        if kind == "text":
+            return draw(odd_text).encode("utf-8", "surrogatepass")
+        lines = []
+        for _ in range(draw(st.integers(0, 4))):
+            table = draw(table_names)
+            lines.append(f"[{'.'.join(_toml_key(p) for p in table.split('.'))}]")
+            keys = key_for.get(table, odd_text)
+            for _ in range(draw(st.integers(0, 4))):
+                lines.append(f"{_toml_key(draw(keys))} = {_toml_value(draw(values))}")
+        return "\n".join(lines).encode("utf-8", "surrogatepass")
+
+    cfg = tmp_path / "fuzz.toml"
+    outcomes: dict[int, int] = {}
+
+    @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(documents())
+    def check(doc: bytes) -> None:
+        cfg.write_bytes(doc)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(["check-config", str(cfg)])
+        outcomes[rc] = outcomes.get(rc, 0) + 1
+        assert rc in (0, 2)
+        if rc == 0:
+            assert out.getvalue().endswith(": OK\n")
+            return
+        message = err.getvalue()
+        assert message.startswith("retinad: ") and message.endswith("\n")
+        assert "Traceback" not in message
+        if f"retinad: {cfg}: " in message:
+            detail = message.removeprefix(f"retinad: {cfg}: ")
+            names_a_key = detail.startswith(("[", "top level"))
+            assert names_a_key or detail.startswith(("TOML syntax error", "cannot read")), message
+        else:  # a file the config names (web config, kubeconfig), with its key
+            assert message.startswith(("retinad: [web].config_file: ", "retinad: [resolvers.")), (
+                message
+            )
+
+    check()
+    assert sum(outcomes.values()) >= 1000 and outcomes.get(2, 0) > 0, outcomes

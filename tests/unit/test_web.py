@@ -14,8 +14,7 @@ import re
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,13 +158,6 @@ def without_date_server(headers: dict[str, str]) -> dict[str, str]:
     assert headers.pop("Server") == f"retinad/{retinad.__version__}"
     assert headers.pop("Date").endswith(" GMT")
     return headers
-
-
-def poll(check: Callable[[], bool], *, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 # --- plain HTTP ------------------------------------------------------------------------------
@@ -322,7 +314,7 @@ def test_port_in_use_names_the_address_and_leaves_nothing_bound(free_port: int) 
     ("address", "reason"),
     [
         ("::1:0", "an IPv6 address must be in brackets, as [::1]:port"),
-        ("127.0.0.1", "expected host:port, [address]:port or :port"),
+        ("127.0.0.1", "expected host:port or :port"),
     ],
 )
 def test_bad_listen_address(address: str, reason: str) -> None:
@@ -487,8 +479,8 @@ def test_bad_config_at_start_raises(tmp_path: Path) -> None:
     with pytest.raises(WebConfigError) as info:
         server.start()
     assert str(info.value) == (
-        f"{config}: basic_auth_users.alice: expected a bcrypt hash such as htpasswd -nBC 10 "
-        "prints ($2y$10$ and 53 characters)"
+        f"[web].config_file: {config}: basic_auth_users.alice: expected a bcrypt hash such as "
+        "htpasswd -nBC 10 prints ($2y$10$ and 53 characters)"
     )
     assert server.bound_addresses == []
 
@@ -629,4 +621,119 @@ def test_half_rotated_certificate_keeps_the_old_pair(
     assert [r.getMessage() for r in caplog.records] == [
         f"web config not reloaded, keeping the previous one: {config}: tls_server_config.key_file: "
         f'"{key}" does not match the certificate in "{crt}"'
+    ]
+
+
+# --- /-/healthy, /-/ready, HEAD --------------------------------------------------------------
+
+
+def request(server: WebServer, method: str, path: str) -> Response:
+    conn = http.client.HTTPConnection(*server.bound_addresses[0], timeout=10)
+    with closing(conn):
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return Response(resp.status, dict(resp.getheaders()), resp.read())
+
+
+def test_healthy_and_ready_follow_prometheus() -> None:
+    ready = threading.Event()
+    server = WebServer(
+        settings=WebSettings(listen_address=["127.0.0.1:0"]),
+        source=TwoCollectors(),
+        logger=logging.getLogger(LOGGER),
+        readiness=ready.is_set,
+    )
+    server.start()
+    try:
+        healthy = get(server, "/-/healthy")
+        not_ready = get(server, "/-/ready")
+        ready.set()
+        now_ready = get(server, "/-/ready")
+        head = request(server, "HEAD", "/-/ready")
+    finally:
+        server.stop()
+    assert (healthy.status, healthy.body) == (200, b"retinad is Healthy.\n")
+    assert (not_ready.status, not_ready.body) == (503, b"Service Unavailable\n")
+    assert (now_ready.status, now_ready.body) == (200, b"retinad is Ready.\n")
+    assert (head.status, head.body, head.headers["Content-Length"]) == (200, b"", "18")
+
+
+def test_head_metrics_answers_like_get_without_a_body() -> None:
+    with serving() as server:
+        full = get(server)
+        head = request(server, "HEAD", "/metrics")
+    assert head.status == 200 and head.body == b""
+    assert without_date_server(head.headers) == without_date_server(full.headers)
+    assert head.headers["Content-Length"] == str(len(ALPHA + BETA))
+
+
+def test_health_endpoints_sit_behind_basic_auth_as_in_prometheus(tmp_path: Path) -> None:
+    config = web_yml(tmp_path, f"basic_auth_users:\n  alice: {HASH1}\n")
+    with serving(config_file=config) as server:
+        refused = [get(server, p).status for p in ("/-/healthy", "/-/ready")]
+        allowed = [get(server, p, auth=("alice", PW1)).status for p in ("/-/healthy", "/-/ready")]
+    assert (refused, allowed) == ([401, 401], [200, 200])
+
+
+# --- reconfigure and stop ----------------------------------------------------------------------
+
+
+def test_reconfigure_keeps_the_socket_of_an_unchanged_address(free_port: int) -> None:
+    with serving(listen=[f"127.0.0.1:{free_port}"]) as server:
+        keep_alive = http.client.HTTPConnection("127.0.0.1", free_port, timeout=10)
+        keep_alive.request("GET", "/metrics")
+        assert keep_alive.getresponse().read() == ALPHA + BETA
+        server.reconfigure(
+            WebSettings(listen_address=[f"127.0.0.1:{free_port}"], telemetry_path="/m2")
+        )
+        assert server.bound_addresses == [("127.0.0.1", free_port)]
+        assert get(server, "/m2").status == 200 and get(server, "/metrics").status == 404
+        keep_alive.close()
+
+
+def test_refused_reconfigure_changes_nothing(tmp_path: Path, free_port: int) -> None:
+    with serving() as server:
+        before = server.bound_addresses
+        with pytest.raises(WebConfigError):
+            server.reconfigure(
+                WebSettings(
+                    listen_address=[f"127.0.0.1:{free_port}"],
+                    config_file=str(tmp_path / "absent.yml"),
+                )
+            )
+        assert server.bound_addresses == before and server.settings.telemetry_path == "/metrics"
+        assert get(server).status == 200
+        with socket.socket() as probe:  # the new address was never bound
+            probe.bind(("127.0.0.1", free_port))
+
+
+def test_stop_waits_for_a_scrape_in_flight() -> None:
+    source = BlockingSource()
+    with serving(source=source) as server:
+        got: list[Response] = []
+        t = threading.Thread(target=lambda: got.append(get(server)))
+        t.start()
+        assert source.entered.wait(10)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        stopper.join(0.3)
+        assert stopper.is_alive(), "stop() returned while a render was in flight"
+        source.release.set()
+        stopper.join(10)
+        t.join(10)
+    assert [r.status for r in got] == [200] and got[0].body == ALPHA + BETA
+
+
+def test_web_config_deleted_at_run_time_warns_once_and_keeps_the_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = web_yml(tmp_path, f"basic_auth_users:\n  alice: {HASH1}\n")
+    with caplog.at_level(logging.WARNING, logger=LOGGER), serving(config_file=config) as server:
+        Path(config).unlink()
+        statuses = [get(server, auth=("alice", PW1)).status for _ in range(3)]
+        statuses.append(get(server).status)
+    assert statuses == [200, 200, 200, 401]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"web config {config} was deleted; the last one read stays in force (restore the "
+        "file, or remove [web].config_file and reload, to change it)"
     ]
