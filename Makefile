@@ -5,7 +5,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev lint typecheck pytest check clean
+.PHONY: run test setup setup-dev lint typecheck pytest check clean test-ansible
 
 setup:
 	bash scripts/setup.sh
@@ -31,5 +31,10 @@ pytest: setup-dev
 
 test: lint typecheck pytest
 
+# The Ansible role: ansible-lint (production), syntax check, molecule default (two
+# instances) and alternative (TLS, auth, reload) on real systemd containers (~5 min).
+test-ansible: setup-dev package
+	bash scripts/test-ansible.sh
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-ansible .mypy_cache .ruff_cache .pytest_cache
