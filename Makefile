@@ -5,7 +5,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev lint typecheck pytest check clean man package test-package
+.PHONY: run test setup setup-dev lint typecheck pytest check clean man package test-package test-ansible
 
 setup:
 	bash scripts/setup.sh
@@ -48,9 +48,6 @@ test-package: setup-dev
 	bash scripts/setup-package-tests.sh
 	RETINAD_PACKAGE_TESTS=1 $(BIN)/pytest tests/package -p no:cacheprovider $(PYTEST_ARGS)
 
-clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
-
 # The container image and the Kubernetes manifests alone (also part of `make test`):
 # tests/deploy builds the image from this checkout (scripts/build-image.sh; the base
 # rootfs is cached in /var/cache/retinad-test/image) and runs the RBAC tests against the
@@ -61,3 +58,11 @@ test-deploy: setup-dev
 
 test-image: setup-dev
 	$(BIN)/pytest tests/deploy/test_image.py $(PYTEST_ARGS)
+
+# The Ansible role: ansible-lint (production), syntax check, molecule default (two
+# instances) and alternative (TLS, auth, reload) on real systemd containers (~5 min).
+test-ansible: setup-dev package
+	bash scripts/test-ansible.sh
+
+clean:
+	rm -rf $(VENV) .venv-ansible .mypy_cache .ruff_cache .pytest_cache
