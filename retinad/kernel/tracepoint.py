@@ -53,11 +53,16 @@ class _PerfEventAttr(ctypes.Structure):
 
 
 def event_dir(category: str, event: str) -> Path | None:
-    """The tracefs directory of a tracepoint, or None if no mounted tracefs has it."""
+    """The tracefs directory of a tracepoint, or None if no mounted tracefs has it (or
+    none lets this process look: the caller tells "denied" from "absent" with
+    ``features.tracefs_denied``, as it did when bcc answered this question)."""
     for base in TRACEFS_DIRS:
         d = base / "events" / category / event
-        if d.is_dir():
-            return d
+        try:
+            if d.is_dir():
+                return d
+        except PermissionError:
+            continue
     return None
 
 

@@ -169,8 +169,12 @@ class PacketParser:
         try:  # compile first (a new child): a failure leaves the running programs alone
             self._precompiled = (new_kc, self._compile(new_kc))
         except RetinadError as err:
-            self._log.error("reload failed, the running programs keep counting: %s", err)
-            return
+            # Refused, not applied: the daemon keeps the old settings as what runs, so the
+            # next SIGHUP tries the new ones again.
+            raise PluginError(
+                f"packetparser: new settings refused (their programs did not compile), the "
+                f"running programs keep counting: {err}"
+            ) from err
         self.stop()
         self.settings, self.ctx = settings, new_ctx
         try:

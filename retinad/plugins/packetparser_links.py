@@ -71,6 +71,8 @@ class InterfaceReconciler:
         self._attached: dict[int, _Attached] = {}
         self._container_ifindexes: set[int] = set()
         self._errors: Counter[str] = Counter()
+        self._uplink_judged: dict[int, bool] = {}
+        """ifindex -> whether that veth (peer in another namespace) carries our default route."""
         self._running = False
         """Attach only while True (under _lock): a link callback that comes late from a
         stopping watcher must not attach the programs stop() is about to close, or the
@@ -149,6 +151,7 @@ class InterfaceReconciler:
 
     def _on_link_removed(self, link: LinkInfo) -> None:
         with self._lock:
+            self._uplink_judged.pop(link.ifindex, None)  # ifindexes are reused
             if link.ifindex in self._attached:
                 self._log.info("%s (ifindex %d) is gone", link.name, link.ifindex)
                 self._detach(link.ifindex, gone=True)
@@ -158,12 +161,14 @@ class InterfaceReconciler:
         if not self._running:
             return
         current = self._attached.get(link.ifindex)
-        # Whether a veth is this namespace's uplink is decided once, when it is first
-        # attached: a default route that moves later does not change an interface's role.
-        if current is not None:
-            uplink = current.role is Role.HOST
-        else:
-            uplink = link.container_veth and link.ifindex in default_route_ifindexes()
+        # Whether a veth whose peer is elsewhere is this namespace's uplink is decided once,
+        # the first time it is seen so (a new Docker veth has its peer here at first, and
+        # is moved a moment later): a default route that moves later changes no role.
+        uplink = False
+        if link.container_veth:
+            if link.ifindex not in self._uplink_judged:
+                self._uplink_judged[link.ifindex] = link.ifindex in default_route_ifindexes()
+            uplink = self._uplink_judged[link.ifindex]
         role = role_of(
             link,
             self.settings.interfaces,

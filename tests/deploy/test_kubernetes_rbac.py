@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -307,17 +308,37 @@ def test_kustomization_covers_the_manifests_consistently() -> None:
 
 
 def test_the_configmap_toml_is_a_valid_retinad_config(tmp_path: Path) -> None:
+    """Valid as retinad validates it: outside a pod, check-config refuses it for the one
+    reason only a pod can fix (no in-cluster config); with a kubeconfig file instead of the
+    service account, the very same TOML passes."""
     toml = m.find(m.load("configmap.yaml"), "ConfigMap")["data"]["retinad.toml"]
-    path = tmp_path / "retinad.toml"
-    path.write_text(toml)
-    proc = subprocess.run(
-        [sys.executable, "-m", "retinad", "check-config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+
+    def check(text: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "retinad.toml"
+        path.write_text(text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+        return subprocess.run(
+            [sys.executable, "-m", "retinad", "check-config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+
+    outside = check(toml)
+    assert outside.returncode == 2, outside.stdout + outside.stderr
+    assert "no in-cluster configuration is available" in outside.stderr
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'kubeconfig = ""' in toml
+    inside = check(toml.replace('kubeconfig = ""', f'kubeconfig = "{kubeconfig}"'))
+    assert inside.returncode == 0, inside.stdout + inside.stderr
 
 
 # --- 2. the ServiceAccount bound to the ClusterRole, and nothing else -----------------
@@ -397,7 +418,7 @@ def test_one_rule_removed_is_a_named_403_and_keeps_the_resolver_down(
         for f in others:
             assert f.follower.wait_up(20), f"{f.name} did not sync"
         want = (
-            f"kubernetes-{FOLLOWER[removed]}: source lost (ApiError: HTTP 403 Forbidden: "
+            f"kubernetes-{FOLLOWER[removed]}: not connected (ApiError: HTTP 403 Forbidden: "
             + FORBIDDEN[removed].format(sa=sa)
             + " (RBAC: retinad's ServiceAccount needs list and watch on that resource;"
             " see deploy/kubernetes/rbac.yaml))"

@@ -64,12 +64,12 @@ def test_a_plugin_enabled_by_sighup_starts_with_its_new_table(
     assert "Traceback" not in d.log
 
 
-def test_a_plugin_that_runs_neither_new_nor_old_settings_reports_failure(
+def test_a_reload_whose_programs_cannot_compile_keeps_the_old_and_is_retried(
     tmp_path: Path, notify: NotifySocket, free_port: int
 ) -> None:
-    """The BPF source vanishes, then a reload needs a recompile: the new and the old
-    settings both fail. The collector must say success 0 and /-/ready 503, and a later
-    SIGHUP (source back) must start it again."""
+    """The BPF source vanishes, then a reload needs a recompile: the compile child fails, so
+    the running programs (old settings) keep counting and the refusal is not recorded as
+    applied; a later SIGHUP (source back) applies the new settings."""
     bpf = tmp_path / "bpf"
     shutil.copytree(find_bpf_dir(), bpf)
     cfg = tmp_path / "retinad.toml"
@@ -90,10 +90,11 @@ def test_a_plugin_that_runs_neither_new_nor_old_settings_reports_failure(
             web + PP_NOWHERE.format(on="true", endpoints=2048) + "[dropreason]\nenabled = false\n"
         )
         status = hup(d, notify)
-        assert "packetparser: FAILED (" in status, status
+        assert "packetparser: attached to 0 interfaces" in status, status
         body = http_get(base + "/metrics")[1]
-        assert sample(body, "retinad_scrape_collector_success", 'collector="packetparser"') == 0.0
-        assert http_get(base + "/-/ready") == (503, "Service Unavailable\n")
+        assert sample(body, "retinad_scrape_collector_success", 'collector="packetparser"') == 1.0
+        assert sample(body, "retinad_map_capacity", 'map="packetparser_endpoint"') == 1026.0
+        assert http_get(base + "/-/ready") == (200, "retinad is Ready.\n")
         assert d.proc.poll() is None
 
         (tmp_path / "packetparser.c.away").rename(bpf / "packetparser.c")
