@@ -202,8 +202,28 @@ def load(
 
 
 def child_argv() -> list[str]:
-    """How to run this same program again: the interpreter and package, not a PATH lookup."""
-    return [sys.executable, "-m", "retinad"]
+    """How to run this same program again: the interpreter and package, not a PATH lookup.
+
+    The folder this ``retinad`` package was imported from goes first on the child's path:
+    the packages run ``python3 -I`` with /usr/lib/retinad put on sys.path by /usr/bin/retinad,
+    which neither ``-m retinad`` nor PYTHONPATH (ignored under -I) would give the child.
+    """
+    import retinad
+
+    home = str(Path(retinad.__file__).resolve().parent.parent)
+    code = (
+        f"import runpy, sys; sys.path.insert(0, {home!r}); "
+        "runpy.run_module('retinad', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, *_isolation_flags(), "-c", code]
+
+
+def _isolation_flags() -> list[str]:
+    """The parent's -I/-E/-s, so the child sees exactly the modules the parent sees."""
+    flags = sys.flags
+    if flags.isolated:
+        return ["-I"]
+    return [f for f, on in (("-E", flags.ignore_environment), ("-s", flags.no_user_site)) if on]
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> int:
