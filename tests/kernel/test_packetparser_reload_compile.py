@@ -8,7 +8,6 @@ failure is a real bcc compile error, not a fake.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from retinad.config.schema import InterfaceSelection, PacketParserSettings
+from retinad.errors import PluginError
 from retinad.kernel.attach import BPF_TCX_EGRESS, BPF_TCX_INGRESS, tcx_prog_ids
 from retinad.kernel.compile import find_bpf_dir
 from tests.kernel.pp_helpers import ifindex, inside, make_plugin, samples, send_udp, value
@@ -73,13 +73,15 @@ def test_a_failed_recompile_on_reload_keeps_the_running_programs(
         good = (src / "packetparser.c").read_text()
         (src / "packetparser.c").write_text(good + "\nthis is not C;\n")
         old = pp.settings
-        with caplog.at_level(logging.ERROR, logger="retinad.packetparser"):
+        # Refused (so the daemon records the old settings as what runs and retries the new
+        # ones at the next SIGHUP), with bcc's message.
+        with pytest.raises(PluginError) as refused:
             pp.reload(settings(veth, 2048), pp.ctx.metrics)
-        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
-            "reload failed, the running programs keep counting: "
-            f"{src / 'packetparser.c'}: bcc could not compile or load it: "
-            f"Failed to compile BPF module b'{src / 'packetparser.c'}'"
-        ]
+        assert str(refused.value) == (
+            "packetparser: new settings refused (their programs did not compile), the running "
+            f"programs keep counting: {src / 'packetparser.c'}: bcc could not compile or load "
+            f"it: Failed to compile BPF module b'{src / 'packetparser.c'}'"
+        )
         assert pp.settings is old
         assert (tcx_prog_ids(dev, BPF_TCX_INGRESS), tcx_prog_ids(dev, BPF_TCX_EGRESS)) == progs
         send_udp(veth.ns, veth.host_ip, 7, 100)

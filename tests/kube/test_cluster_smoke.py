@@ -24,12 +24,24 @@ def _kubernetes_endpoints(v1: Any) -> list[str] | None:
     return [a.ip for s in ep.subsets or [] for a in s.addresses or []] or None
 
 
+def _kubernetes_service(v1: Any) -> Any:
+    """The ``default/kubernetes`` Service, or None until the bootstrap controller made it."""
+    try:
+        return v1.read_namespaced_service("kubernetes", "default")
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 def test_cluster_end_to_end(kube_cluster: KubeCluster) -> None:
     cluster = kube_cluster
     with cluster.api_client() as api:
         v1 = client.CoreV1Api(api)
 
-        svc = v1.read_namespaced_service("kubernetes", "default")
+        # The apiserver's bootstrap controller creates default/kubernetes shortly after
+        # /readyz answers: wait for it rather than read it once.
+        svc = wait_for(lambda: _kubernetes_service(v1), timeout=30, what="kubernetes Service")
         assert svc.spec.cluster_ip == cluster.kubernetes_service_ip
         addrs = wait_for(lambda: _kubernetes_endpoints(v1), timeout=10, what="kubernetes Endpoints")
         assert addrs == [cluster.advertise_address]
