@@ -16,12 +16,19 @@ def scrape(host) -> str:
 
 
 def self_egress(host) -> float:
-    pattern = (
-        r"^retinad_endpoint_forward_packets_total\{direction=\"egress\",namespace=\"molecule\","
-        r"name=\"mol-alt-self\",workload_kind=\"vm\",workload_name=\"alternative\"\} (\S+)$"
-    )
-    m = re.search(pattern, scrape(host), re.M)
-    return float(m.group(1)) if m else 0.0
+    """Egress packets of the endpoint the static resolver names (labels in any order)."""
+    want = {
+        "direction": "egress",
+        "namespace": "molecule",
+        "name": "mol-alt-self",
+        "workload_kind": "vm",
+        "workload_name": "alternative",
+    }
+    series = re.compile(r"^retinad_endpoint_forward_packets_total\{([^}]*)\} (\S+)$", re.M)
+    for labels, value in series.findall(scrape(host)):
+        if dict(re.findall(r'(\w+)="([^"]*)"', labels)) == want:
+            return float(value)
+    return 0.0
 
 
 def test_web_config_rendered_hashed(host) -> None:
