@@ -24,19 +24,23 @@ and putting or removing its claim. Handling is idempotent (an event seen twice, 
 from before the list, only re-inspects), so the index converges on Docker's own state.
 When the stream breaks (dockerd stopped, restarted, or was never there) ``up`` turns
 False, the index keeps answering with what it last knew, and the next session, after the
-Follower's backoff, relists: that is the resync. Nothing here ever calls Docker from a
+Follower's backoff, relists.
+
+Bounded reads: every call has ``api_timeout`` (``read_timeout_seconds``) as its socket
+timeout, and the event stream is read in windows (``EventWindow``) that dockerd itself
+ends, so an engine that accepts and never answers, or a connection that died without a
+FIN, raises TimeoutError within twice that instead of leaving the resolver "up" on a dead
+line. Every ``resync_interval`` a connected session relists as well (an event dockerd's
+own buffer dropped cannot leave a name wrong for longer). Nothing here ever calls Docker from a
 lookup: ``by_ip``/``by_ifindex`` are dictionary reads.
 
-Host-side veth: the container's network namespace is ``/proc/<State.Pid>/ns/net``. Rather
-than entering it (pyroute2's ``NetNS`` forks a helper process per namespace, about 10 ms
-and a fork of a process that holds bcc state and threads; ``setns`` from a thread would
-need restoring), the resolver asks the kernel, from the host namespace, which id this
-namespace gives that one (RTM_GETNSID with NETNSA_FD on the opened ``/proc`` file), and
+Host-side veth: the container's network namespace is ``/proc/<State.Pid>/ns/net``. It is
+never entered: following kernel/netns.py's rule, the resolver asks the kernel, from our own
+namespace, which id ours gives that one (RTM_GETNSID on the opened ``/proc`` file) and
 takes the host's veths whose IFLA_LINK_NETNSID is that id: exactly the veths whose peer
-lives in the container. That is the mirror image of reading IFLA_LINK inside the
-container, with no fork, no namespace switch and no fd left open; a link dump before the
-query makes the kernel assign the id if it had not yet. A container whose process is gone
-by then keeps its addresses and claims no veth (its die event follows).
+lives in the container, with no fork, no namespace switch and no fd left open; a link dump
+before the query makes the kernel assign the id if it had not yet. A container whose
+process is gone by then keeps its addresses and claims no veth (its die event follows).
 
 Client: the docker SDK's low-level ``APIClient`` rather than ``DockerClient``: inspect
 returns the engine's JSON as-is (no model objects that reload themselves with extra
@@ -51,24 +55,29 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 import docker
 import docker.errors
+import docker.utils
+import requests
+import urllib3
+from docker.types.daemon import CancellableStream
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from retinad.kernel.interfaces import link_from_msg
+from retinad.kernel import netns
+from retinad.kernel.netns import NOT_ASSIGNED
 from retinad.model import Endpoint
 from retinad.resolvers.base import IPAddress, ResolverContext
-from retinad.resolvers.follow import FollowedIndex, Follower
+from retinad.resolvers.follow import FollowedIndex, Follower, Resync
 from retinad.resolvers.index import Claim, EndpointIndex
 
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -84,10 +93,36 @@ EVENT_FILTERS: dict[str, list[str]] = {
 passes the filter and is ignored: its containers were disconnected first."""
 
 API_TIMEOUT = 10.0
-"""Seconds for one list or inspect call (the event stream itself has no read timeout)."""
+"""Default seconds for one call, and the length of an event-stream window."""
 
-NOT_ASSIGNED = -1
-"""RTM_GETNSID's answer for a namespace this one has no id for (no link between them)."""
+WINDOW_SLACK = 0.5
+"""Seconds a window may end before its ``until`` (clock error) and still count as ended
+by dockerd; the next window starts this much earlier, replaying rather than missing."""
+
+
+class DaemonClock:
+    """dockerd's clock, read once per session from ``/info`` and followed locally, so the
+    ``since``/``until`` of each window mean the same instants to both sides."""
+
+    def __init__(self, info: Mapping[str, Any]) -> None:
+        local = time.time()
+        self.start = float(daemon_since(info))
+        self._offset = (daemon_time(info) or local) - local
+
+    def now(self) -> float:
+        return time.time() + self._offset
+
+
+@dataclass(frozen=True)
+class EventWindow:
+    """One event-stream response, ``since`` .. ``until``. dockerd ends such a response
+    itself at ``until`` (moby's getEvents stops at the until timer), so a live stream is
+    never silent past ``until``; reading with a timeout beyond it makes a half-open
+    connection, or an engine that stopped answering, a timeout instead of a forever."""
+
+    stream: Any
+    until: float
+
 
 Inspect = Mapping[str, Any]
 """A container as ``GET /containers/{id}/json`` returns it (untrusted JSON)."""
@@ -164,15 +199,20 @@ def running_pid(info: Inspect) -> int:
     return pid
 
 
+def daemon_time(info: Mapping[str, Any]) -> float | None:
+    """The daemon's clock as ``/info`` reported it (seconds since the epoch), or None."""
+    try:
+        return datetime.fromisoformat(_str(info.get("SystemTime"))).timestamp()
+    except ValueError:
+        return None
+
+
 def daemon_since(info: Mapping[str, Any]) -> int:
     """A ``since`` for the event stream: the daemon's clock (from ``/info``), floored to
     the second so it is never later than now; the local clock if the daemon's is unreadable.
     An early ``since`` only replays a few events, which re-inspecting makes harmless."""
-    text = _str(info.get("SystemTime"))
-    try:
-        return int(datetime.fromisoformat(text).timestamp())
-    except ValueError:
-        return int(time.time()) - 1
+    now = daemon_time(info)
+    return int(now) if now is not None else int(time.time()) - 1
 
 
 def probe(host: str, timeout: float) -> None:
@@ -198,7 +238,8 @@ def probe(host: str, timeout: float) -> None:
 
 
 class VethFinder:
-    """Finds the host-side veths of a process's network namespace (module docstring)."""
+    """Finds the host-side veths of a process's network namespace (kernel/netns.py), over
+    one rtnetlink socket kept for a session."""
 
     def __init__(self) -> None:
         self._ipr = IPRoute()
@@ -207,27 +248,12 @@ class VethFinder:
         self._ipr.close()
 
     def veths_by_nsid(self) -> dict[int, list[int]]:
-        """Peer namespace id -> the ifindexes of this namespace's veths whose peer is there.
-        The dump also makes the kernel assign an id to every such peer namespace."""
-        table: dict[int, list[int]] = {}
-        for msg in self._ipr.get_links():
-            link = link_from_msg(msg)
-            if link is not None and link.container_veth and link.link_netnsid is not None:
-                table.setdefault(link.link_netnsid, []).append(link.ifindex)
-        return table
+        """Peer namespace id -> our veths whose peer is there (assigning the ids)."""
+        return netns.veths_by_peer_nsid(self._ipr)
 
     def nsid_of(self, pid: int) -> int:
-        """The id this namespace has for ``pid``'s network namespace, or NOT_ASSIGNED."""
-        try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return NOT_ASSIGNED  # the process is gone
-        try:
-            res = self._ipr.get_netnsid(fd=fd)
-        finally:
-            os.close(fd)
-        nsid = res.get("nsid") if res else None
-        return nsid if isinstance(nsid, int) and nsid >= 0 else NOT_ASSIGNED
+        """The id our namespace has for ``pid``'s network namespace, or NOT_ASSIGNED."""
+        return netns.nsid_of_pid(self._ipr, pid)
 
     def veths_of(self, pid: int, table: Mapping[int, list[int]] | None = None) -> list[int]:
         """Host-side ifindexes of the veths into ``pid``'s network namespace."""
@@ -252,10 +278,12 @@ class DockerResolver(FollowedIndex):
         logger: logging.Logger | None = None,
         on_change: Callable[[], None] | None = None,
         api_timeout: float = API_TIMEOUT,
+        resync_interval: float = 0.0,
     ) -> None:
         self.host = host
         self._log = logger or logging.getLogger("retinad.resolvers.docker")
         self._timeout = api_timeout
+        self.resync = Resync(resync_interval)
         self.index = EndpointIndex(on_change)
         self.follower = Follower(
             "docker", self._session, logger=self._log, interrupt=self._interrupt
@@ -267,36 +295,99 @@ class DockerResolver(FollowedIndex):
     # --- one session (Follower thread) --------------------------------------------------
 
     def _session(self, follower: Follower) -> None:
-        probe(self.host, self._timeout)
-        client = docker.APIClient(base_url=self.host, version="auto", timeout=self._timeout)
-        stream: Any = None
+        step = "connecting"
+        try:
+            probe(self.host, self._timeout)
+            client = docker.APIClient(base_url=self.host, version="auto", timeout=self._timeout)
+        except Exception as err:
+            self._raise_if_timeout(err, step)
+            raise
         veths: VethFinder | None = None
         try:
             if not self._keep(client=client):
                 return
-            since = daemon_since(client.info())
-            stream = client.events(since=since, filters=EVENT_FILTERS, decode=True)
-            if not self._keep(stream=stream):
-                return
+            step = "reading the engine's clock"
+            clock = DaemonClock(client.info())
+            since = clock.start
+            step = "subscribing to events"
+            window = self._subscribe(client, clock, since)
             veths = VethFinder()
+            step = "listing containers"
             claims = self._list(client, veths, follower)
             if follower.stopping.is_set():
                 return
             self.index.replace_all(claims)
+            self.resync.listed()
             follower.mark_up()
             self._log.info("docker: %d containers from %s", len(claims), self.host)
-            for event in stream:
+            while not follower.stopping.is_set():
+                step = "reading the event stream"
+                for event in window.stream:
+                    if follower.stopping.is_set():
+                        return
+                    if isinstance(event, Mapping):
+                        self._on_event(client, veths, event)
                 if follower.stopping.is_set():
                     return
-                if isinstance(event, Mapping):
-                    self._on_event(client, veths, event)
+                if clock.now() < window.until - WINDOW_SLACK:
+                    raise ConnectionError(
+                        f"event stream from {self.host} closed before dockerd ended it"
+                    )
+                _close_quietly(window.stream)
+                step = "subscribing to events"
+                window = self._subscribe(client, clock, window.until - WINDOW_SLACK)
+                if self.resync.due():
+                    step = "relisting containers"
+                    self._resync(client, veths, follower)
+        except Exception as err:
+            self._raise_if_timeout(err, step)
+            raise
         finally:
             with self._lock:
+                stream = self._stream
                 self._client = None
                 self._stream = None
             if veths is not None:
                 veths.close()
             _close_quietly(stream, client)
+
+    def _subscribe(self, client: Any, clock: DaemonClock, since: float) -> EventWindow:
+        """The event stream from ``since`` until one read timeout from now, as dockerd's
+        clock counts: dockerd itself ends the response then (see EventWindow)."""
+        until = clock.now() + self._timeout
+        params = {
+            "since": f"{since:.3f}",
+            "until": f"{until:.3f}",
+            "filters": docker.utils.convert_filters(EVENT_FILTERS),
+        }
+        # The SDK's events() hard-codes timeout=None for the stream, so a dead connection
+        # would block its read forever; the same three calls with a read timeout that a
+        # live window can never reach (it ends at ``until``) bound every read instead.
+        response = client._get(
+            client._url("/events"), params=params, stream=True, timeout=2 * self._timeout
+        )
+        stream = CancellableStream(client._stream_helper(response, decode=True), response)
+        if not self._keep(stream=stream):
+            _close_quietly(stream)
+            raise ConnectionError("stopped")
+        return EventWindow(stream, until)
+
+    def _resync(self, client: Any, veths: VethFinder, follower: Follower) -> None:
+        """The periodic relist while connected: repairs whatever an event missed."""
+        claims = self._list(client, veths, follower)
+        if follower.stopping.is_set():
+            return
+        self.index.replace_all(claims)
+        self.resync.done()
+        self._log.debug("docker: resync, %d containers", len(claims))
+
+    def _raise_if_timeout(self, err: BaseException, step: str) -> None:
+        """A timeout anywhere in the SDK's stack (requests, urllib3, the socket) becomes one
+        TimeoutError naming the source, the bound and what was waited for."""
+        if _is_timeout(err):
+            raise TimeoutError(
+                f"no answer from {self.host} within {self._timeout:g}s ({step})"
+            ) from None
 
     def _keep(self, *, client: Any = None, stream: Any = None) -> bool:
         """Publish what ``stop`` must close; False if a stop already came (then the session
@@ -376,6 +467,21 @@ class DockerResolver(FollowedIndex):
         return Claim.of(endpoint_of(info), ips, ifindexes)
 
 
+def _is_timeout(err: BaseException | None) -> bool:
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(
+            err,
+            TimeoutError | requests.exceptions.Timeout | urllib3.exceptions.TimeoutError,
+        ):
+            return True
+        if "timed out" in str(err).lower():  # the SDK wraps some in DockerException text
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
 def _close_quietly(*things: Any) -> None:
     """Close the event stream (shuts its socket down, ending a blocked read) and the client."""
     for thing in things:
@@ -387,6 +493,11 @@ def _close_quietly(*things: Any) -> None:
 
 
 def create(ctx: ResolverContext) -> DockerResolver:
+    cfg = ctx.settings.resolvers.docker
     return DockerResolver(
-        host=ctx.settings.resolvers.docker.host, logger=ctx.logger, on_change=ctx.on_change
+        host=cfg.host,
+        logger=ctx.logger,
+        on_change=ctx.on_change,
+        api_timeout=float(cfg.read_timeout_seconds),
+        resync_interval=float(cfg.resync_interval_seconds),
     )
