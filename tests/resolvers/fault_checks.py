@@ -9,6 +9,9 @@ from typing import Protocol
 
 import pytest
 
+from retinad import metric_names as naming
+from retinad.resolvers.base import Resolver, ResolverChain
+from retinad.resolvers.metrics import ResolverMetrics
 from tests.daemon_proc import wait_for
 
 DETECT_SLACK = 1.5
@@ -18,6 +21,16 @@ DETECT_SLACK = 1.5
 class HasUp(Protocol):
     @property
     def up(self) -> bool: ...
+
+
+def exported_up(resolver: Resolver) -> float:
+    """``retinad_resolver_up{resolver=<name>}`` as the daemon's scrape collector gives it."""
+    for family in ResolverMetrics(ResolverChain([resolver])).collect():
+        if family.name == naming.RESOLVER_UP:
+            (sample,) = family.samples
+            assert sample.labels == {"resolver": resolver.name}
+            return sample.value
+    raise AssertionError(f"no {naming.RESOLVER_UP} family")
 
 
 def warnings(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:

@@ -25,7 +25,7 @@ from retinad.resolvers.containerd import ContainerdResolver, create
 from retinad.resolvers.index import Claim
 from tests.containerd_engine import ContainerdEngine
 from tests.daemon_proc import wait_for
-from tests.resolvers.fault_checks import down_within, wait_warning, warnings
+from tests.resolvers.fault_checks import down_within, exported_up, wait_warning, warnings
 from tests.resolvers.fault_proxy import StreamFaultProxy
 from tests.resolvers.test_containerd import NAMESPACES, Net, cid, containers, engine, nets, owner
 
@@ -90,8 +90,10 @@ def test_stall_goes_down_within_the_bound_then_heals_with_the_outages_changes(
     gone = run(engine, containers, gone_net)
     wait_for(lambda: r.by_ip(gone_net.v4) == gone, timeout=5, what="the first container")
 
+    assert exported_up(r) == 1
     proxy.stall()
     down_within(r, 2 * READ_TIMEOUT)
+    assert exported_up(r) == 0
     lost = (
         f"containerd: source lost (no answer from containerd at {proxy.path} "
         f"within {READ_TIMEOUT}s (checking a silent event stream))"
@@ -113,6 +115,7 @@ def test_stall_goes_down_within_the_bound_then_heals_with_the_outages_changes(
 
     proxy.heal()
     wait_for(lambda: r.up, timeout=40, what="up again after the proxy heals")
+    assert exported_up(r) == 1
     assert r.index.owners() == {owner(new_net): new_net.claim(new)}  # exact at once
 
 

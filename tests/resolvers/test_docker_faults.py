@@ -23,7 +23,7 @@ from retinad.resolvers.docker import DockerResolver, create
 from retinad.resolvers.index import Claim
 from tests.daemon_proc import wait_for
 from tests.docker_engine import Container, DockerEngine, Things, unique
-from tests.resolvers.fault_checks import down_within, wait_warning, warnings
+from tests.resolvers.fault_checks import down_within, exported_up, wait_warning, warnings
 from tests.resolvers.fault_proxy import StreamFaultProxy
 from tests.resolvers.test_docker import docker_engine, endpoint, host_side, things
 
@@ -83,8 +83,10 @@ def test_stall_goes_down_within_the_bound_then_heals_with_the_outages_changes(
     gone_ep = endpoint(gone)
     wait_for(lambda: r.by_ip(gone.ip()) == gone_ep, timeout=5, what="the first container")
 
+    assert exported_up(r) == 1
     proxy.stall()
     down_within(r, 2 * READ_TIMEOUT)
+    assert exported_up(r) == 0
     lost = f"docker: source lost (no answer from unix://{proxy.path} within {READ_TIMEOUT}s"
     assert any(m.startswith(lost) for m in warnings(caplog, LOGGER)), warnings(caplog, LOGGER)
     # still answering with what it last knew
@@ -105,6 +107,7 @@ def test_stall_goes_down_within_the_bound_then_heals_with_the_outages_changes(
 
     proxy.heal()
     wait_for(lambda: r.up, timeout=40, what="up again after the proxy heals")
+    assert exported_up(r) == 1
     # the relist ran before up turned True: exact at once
     assert claims(r, gone, new) == {
         gone.id: None,
