@@ -1,6 +1,7 @@
 """The "docker" resolver: names IPs and host-side veths after the containers of a Docker engine.
 
-Every running container that has its own network namespace becomes one endpoint:
+Every running container that has its own network namespace becomes one endpoint (the
+mapping is docker_naming.py):
 
 * name = the container name; namespace = its Compose project (label
   ``com.docker.compose.project``) or ""; workload_kind = "compose_service" with
@@ -44,45 +45,77 @@ process is gone by then keeps its addresses and claims no veth (its die event fo
 
 Client: the docker SDK's low-level ``APIClient`` rather than ``DockerClient``: inspect
 returns the engine's JSON as-is (no model objects that reload themselves with extra
-requests), and ``events`` returns a ``CancellableStream`` whose ``close`` shuts the
-socket down, which is how ``stop`` ends a read that would otherwise block until the next
-event. ``version="auto"`` negotiates the API version, so a 20.10 engine (API 1.41) works
+requests), and an event window (docker_stream.py) is the SDK's ``CancellableStream``, whose
+``close`` shuts the socket down, which is how ``stop`` ends a blocked read at once. ``version="auto"`` negotiates the API version, so a 20.10 engine (API 1.41) works
 with a newer SDK, and makes an absent engine fail at connect time, inside the session.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
-import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
 import docker
 import docker.errors
-import docker.utils
-import requests
-import urllib3
-from docker.types.daemon import CancellableStream
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from retinad.kernel import netns
 from retinad.kernel.netns import NOT_ASSIGNED
-from retinad.model import Endpoint
-from retinad.resolvers.base import IPAddress, ResolverContext
+from retinad.resolvers.base import ResolverContext
+from retinad.resolvers.docker_naming import (
+    COMPOSE_PROJECT,
+    COMPOSE_SERVICE,
+    Inspect,
+    as_dict,
+    as_str,
+    container_ips,
+    container_labels,
+    container_name,
+    endpoint_of,
+    has_own_netns,
+    network_mode,
+    running_pid,
+)
+from retinad.resolvers.docker_stream import (
+    API_TIMEOUT,
+    WINDOW_SLACK,
+    DaemonClock,
+    EventWindow,
+    close_quietly,
+    daemon_since,
+    daemon_time,
+    is_timeout,
+    open_window,
+    probe,
+)
 from retinad.resolvers.follow import FollowedIndex, Follower, Resync
 from retinad.resolvers.index import Claim, EndpointIndex
 
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
-
+__all__ = [
+    "API_TIMEOUT",
+    "COMPOSE_PROJECT",
+    "COMPOSE_SERVICE",
+    "CONTAINER_EVENTS",
+    "EVENT_FILTERS",
+    "NETWORK_EVENTS",
+    "DockerResolver",
+    "Inspect",
+    "VethFinder",
+    "container_ips",
+    "container_labels",
+    "container_name",
+    "create",
+    "daemon_since",
+    "daemon_time",
+    "endpoint_of",
+    "has_own_netns",
+    "network_mode",
+    "probe",
+    "running_pid",
+]
 CONTAINER_EVENTS = ("start", "die", "destroy", "rename")
 NETWORK_EVENTS = ("connect", "disconnect")
 EVENT_FILTERS: dict[str, list[str]] = {
@@ -91,148 +124,6 @@ EVENT_FILTERS: dict[str, list[str]] = {
 }
 """What can change a container's claim. A network's own destroy event (type network) also
 passes the filter and is ignored: its containers were disconnected first."""
-
-API_TIMEOUT = 10.0
-"""Default seconds for one call, and the length of an event-stream window."""
-
-WINDOW_SLACK = 0.5
-"""Seconds a window may end before its ``until`` (clock error) and still count as ended
-by dockerd; the next window starts this much earlier, replaying rather than missing."""
-
-
-class DaemonClock:
-    """dockerd's clock, read once per session from ``/info`` and followed locally, so the
-    ``since``/``until`` of each window mean the same instants to both sides."""
-
-    def __init__(self, info: Mapping[str, Any]) -> None:
-        local = time.time()
-        self.start = float(daemon_since(info))
-        self._offset = (daemon_time(info) or local) - local
-
-    def now(self) -> float:
-        return time.time() + self._offset
-
-
-@dataclass(frozen=True)
-class EventWindow:
-    """One event-stream response, ``since`` .. ``until``. dockerd ends such a response
-    itself at ``until`` (moby's getEvents stops at the until timer), so a live stream is
-    never silent past ``until``; reading with a timeout beyond it makes a half-open
-    connection, or an engine that stopped answering, a timeout instead of a forever."""
-
-    stream: Any
-    until: float
-
-
-Inspect = Mapping[str, Any]
-"""A container as ``GET /containers/{id}/json`` returns it (untrusted JSON)."""
-
-
-# --- the container -> endpoint mapping (pure; unit-testable with literal dicts) ----------
-
-
-def _dict(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def container_labels(info: Inspect) -> Mapping[str, str]:
-    labels = _dict(_dict(info.get("Config")).get("Labels"))
-    return MappingProxyType(
-        {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
-    )
-
-
-def container_name(info: Inspect) -> str:
-    name = _str(info.get("Name"))
-    return name[1:] if name.startswith("/") else name
-
-
-def endpoint_of(info: Inspect) -> Endpoint:
-    """The endpoint a container is (see the module docstring); strings pass through."""
-    labels = container_labels(info)
-    name = container_name(info)
-    service = labels.get(COMPOSE_SERVICE, "")
-    return Endpoint(
-        namespace=labels.get(COMPOSE_PROJECT, ""),
-        name=name,
-        workload_kind="compose_service" if service else "container",
-        workload_name=service or name,
-        labels=labels,
-    )
-
-
-def network_mode(info: Inspect) -> str:
-    return _str(_dict(info.get("HostConfig")).get("NetworkMode"))
-
-
-def has_own_netns(info: Inspect) -> bool:
-    """False for --net=host (the host's namespace), --net=none and --net=container:X."""
-    mode = network_mode(info)
-    return mode not in ("host", "none") and not mode.startswith("container:")
-
-
-def container_ips(info: Inspect) -> list[IPAddress]:
-    """Every IPv4 and IPv6 address the container has, on every network it is attached to."""
-    ips: list[IPAddress] = []
-    networks = _dict(_dict(info.get("NetworkSettings")).get("Networks"))
-    for net in networks.values():
-        for key in ("IPAddress", "GlobalIPv6Address"):
-            text = _str(_dict(net).get(key))
-            if not text:
-                continue
-            try:
-                ips.append(ipaddress.ip_address(text))
-            except ValueError:
-                continue
-    return ips
-
-
-def running_pid(info: Inspect) -> int:
-    state = _dict(info.get("State"))
-    pid = state.get("Pid")
-    if state.get("Running") is not True or not isinstance(pid, int) or pid <= 0:
-        return 0
-    return pid
-
-
-def daemon_time(info: Mapping[str, Any]) -> float | None:
-    """The daemon's clock as ``/info`` reported it (seconds since the epoch), or None."""
-    try:
-        return datetime.fromisoformat(_str(info.get("SystemTime"))).timestamp()
-    except ValueError:
-        return None
-
-
-def daemon_since(info: Mapping[str, Any]) -> int:
-    """A ``since`` for the event stream: the daemon's clock (from ``/info``), floored to
-    the second so it is never later than now; the local clock if the daemon's is unreadable.
-    An early ``since`` only replays a few events, which re-inspecting makes harmless."""
-    now = daemon_time(info)
-    return int(now) if now is not None else int(time.time()) - 1
-
-
-def probe(host: str, timeout: float) -> None:
-    """For a ``unix://`` host, raise OSError unless something accepts a connection there.
-
-    An absent engine then costs one failed connect that leaks nothing: the SDK's unix
-    adapter leaves the socket of a failed connect to the garbage collector (a
-    ResourceWarning per retry). Other schemes go through urllib3, which closes it.
-    """
-    if not host.startswith("unix://"):
-        return
-    path = host[len("unix://") :]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as err:
-            reason = (err.strerror or str(err)).lower()
-            raise ConnectionError(err.errno, f"cannot connect to {path}: {reason}") from None
-
 
 # --- host-side veths (netlink in the host namespace) --------------------------------------
 
@@ -333,7 +224,7 @@ class DockerResolver(FollowedIndex):
                     raise ConnectionError(
                         f"event stream from {self.host} closed before dockerd ended it"
                     )
-                _close_quietly(window.stream)
+                close_quietly(window.stream)
                 step = "subscribing to events"
                 window = self._subscribe(client, clock, window.until - WINDOW_SLACK)
                 if self.resync.due():
@@ -349,28 +240,15 @@ class DockerResolver(FollowedIndex):
                 self._stream = None
             if veths is not None:
                 veths.close()
-            _close_quietly(stream, client)
+            close_quietly(stream, client)
 
     def _subscribe(self, client: Any, clock: DaemonClock, since: float) -> EventWindow:
-        """The event stream from ``since`` until one read timeout from now, as dockerd's
-        clock counts: dockerd itself ends the response then (see EventWindow)."""
-        until = clock.now() + self._timeout
-        params = {
-            "since": f"{since:.3f}",
-            "until": f"{until:.3f}",
-            "filters": docker.utils.convert_filters(EVENT_FILTERS),
-        }
-        # The SDK's events() hard-codes timeout=None for the stream, so a dead connection
-        # would block its read forever; the same three calls with a read timeout that a
-        # live window can never reach (it ends at ``until``) bound every read instead.
-        response = client._get(
-            client._url("/events"), params=params, stream=True, timeout=2 * self._timeout
-        )
-        stream = CancellableStream(client._stream_helper(response, decode=True), response)
-        if not self._keep(stream=stream):
-            _close_quietly(stream)
+        """The next event window (docker_stream.py), published for ``stop`` to close."""
+        window = open_window(client, clock, since, self._timeout, EVENT_FILTERS)
+        if not self._keep(stream=window.stream):
+            close_quietly(window.stream)
             raise ConnectionError("stopped")
-        return EventWindow(stream, until)
+        return window
 
     def _resync(self, client: Any, veths: VethFinder, follower: Follower) -> None:
         """The periodic relist while connected: repairs whatever an event missed."""
@@ -384,7 +262,7 @@ class DockerResolver(FollowedIndex):
     def _raise_if_timeout(self, err: BaseException, step: str) -> None:
         """A timeout anywhere in the SDK's stack (requests, urllib3, the socket) becomes one
         TimeoutError naming the source, the bound and what was waited for."""
-        if _is_timeout(err):
+        if is_timeout(err):
             raise TimeoutError(
                 f"no answer from {self.host} within {self._timeout:g}s ({step})"
             ) from None
@@ -402,7 +280,7 @@ class DockerResolver(FollowedIndex):
     def _interrupt(self) -> None:
         with self._lock:
             stream, client = self._stream, self._client
-        _close_quietly(stream, client)
+        close_quietly(stream, client)
 
     def _list(self, client: Any, veths: VethFinder, follower: Follower) -> dict[str, Claim]:
         table = veths.veths_by_nsid()
@@ -410,7 +288,7 @@ class DockerResolver(FollowedIndex):
         for summary in client.containers(quiet=True):
             if follower.stopping.is_set():
                 break
-            cid = _str(_dict(summary).get("Id"))
+            cid = as_str(as_dict(summary).get("Id"))
             if not cid:
                 continue
             try:
@@ -423,12 +301,12 @@ class DockerResolver(FollowedIndex):
         return claims
 
     def _on_event(self, client: Any, veths: VethFinder, event: Mapping[str, Any]) -> None:
-        kind, action = _str(event.get("Type")), _str(event.get("Action"))
-        actor = _dict(event.get("Actor"))
+        kind, action = as_str(event.get("Type")), as_str(event.get("Action"))
+        actor = as_dict(event.get("Actor"))
         if kind == "container" and action in CONTAINER_EVENTS:
-            cid = _str(actor.get("ID"))
+            cid = as_str(actor.get("ID"))
         elif kind == "network" and action in NETWORK_EVENTS:
-            cid = _str(_dict(actor.get("Attributes")).get("container"))
+            cid = as_str(as_dict(actor.get("Attributes")).get("container"))
         else:
             return
         if not cid:
@@ -465,31 +343,6 @@ class DockerResolver(FollowedIndex):
         if not ips and not ifindexes:
             return None
         return Claim.of(endpoint_of(info), ips, ifindexes)
-
-
-def _is_timeout(err: BaseException | None) -> bool:
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(
-            err,
-            TimeoutError | requests.exceptions.Timeout | urllib3.exceptions.TimeoutError,
-        ):
-            return True
-        if "timed out" in str(err).lower():  # the SDK wraps some in DockerException text
-            return True
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return False
-
-
-def _close_quietly(*things: Any) -> None:
-    """Close the event stream (shuts its socket down, ending a blocked read) and the client."""
-    for thing in things:
-        if thing is None:
-            continue
-        # Already closed, or half-open: either way nothing is left to release.
-        with contextlib.suppress(Exception):
-            thing.close()
 
 
 def create(ctx: ResolverContext) -> DockerResolver:
