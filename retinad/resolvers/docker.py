@@ -45,9 +45,10 @@ process is gone by then keeps its addresses and claims no veth (its die event fo
 
 Client: the docker SDK's low-level ``APIClient`` rather than ``DockerClient``: inspect
 returns the engine's JSON as-is (no model objects that reload themselves with extra
-requests), and an event window (docker_stream.py) is the SDK's ``CancellableStream``, whose
-``close`` shuts the socket down, which is how ``stop`` ends a blocked read at once. ``version="auto"`` negotiates the API version, so a 20.10 engine (API 1.41) works
-with a newer SDK, and makes an absent engine fail at connect time, inside the session.
+requests), and an event window (docker_stream.py) is the SDK's ``CancellableStream``,
+whose ``close`` shuts the socket down, which is how ``stop`` ends a blocked read at once.
+``version="auto"`` negotiates the API version, so a 20.10 engine (API 1.41) works with a
+newer SDK, and makes an absent engine fail at connect time, inside the session.
 """
 
 from __future__ import annotations
