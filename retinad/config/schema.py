@@ -124,6 +124,13 @@ class DockerResolverSettings:
 
     host: str = "unix:///var/run/docker.sock"
     """The Docker API, as DOCKER_HOST spells it: unix:///path or tcp://host:port."""
+    read_timeout_seconds: int = _bounded(10, 1, 300)
+    """Longest wait for any answer from the source: one API call, or a sign of life from
+    an event stream that has gone silent. A source that accepts and never answers, or a
+    connection that died without a FIN, is reported down within twice this."""
+    resync_interval_seconds: int = _bounded(300, 0, 86400)
+    """Full relist while connected, so a missed event cannot leave a stale or missing name
+    past this; 0 relists only on reconnect."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,13 @@ class ContainerdResolverSettings:
     """containerd's gRPC socket."""
     namespaces: list[str] = field(default_factory=lambda: ["k8s.io", "default"])
     """containerd namespaces to follow (k8s.io is where the CRI puts pods)."""
+    read_timeout_seconds: int = _bounded(10, 1, 300)
+    """Longest wait for any answer from the source: one API call, or a sign of life from
+    an event stream that has gone silent. A source that accepts and never answers, or a
+    connection that died without a FIN, is reported down within twice this."""
+    resync_interval_seconds: int = _bounded(300, 0, 86400)
+    """Full relist while connected, so a missed event cannot leave a stale or missing name
+    past this; 0 relists only on reconnect."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The "docker" resolver: names IPs and host-side veths after the containers of a Docker engine.
 
-Every running container that has its own network namespace becomes one endpoint:
+Every running container that has its own network namespace becomes one endpoint (the
+mapping is docker_naming.py):
 
 * name = the container name; namespace = its Compose project (label
   ``com.docker.compose.project``) or ""; workload_kind = "compose_service" with
@@ -24,40 +25,37 @@ and putting or removing its claim. Handling is idempotent (an event seen twice, 
 from before the list, only re-inspects), so the index converges on Docker's own state.
 When the stream breaks (dockerd stopped, restarted, or was never there) ``up`` turns
 False, the index keeps answering with what it last knew, and the next session, after the
-Follower's backoff, relists: that is the resync. Nothing here ever calls Docker from a
+Follower's backoff, relists.
+
+Bounded reads: every call has ``api_timeout`` (``read_timeout_seconds``) as its socket
+timeout, and the event stream is read in windows (``EventWindow``) that dockerd itself
+ends, so an engine that accepts and never answers, or a connection that died without a
+FIN, raises TimeoutError within twice that instead of leaving the resolver "up" on a dead
+line. Every ``resync_interval`` a connected session relists as well (an event dockerd's
+own buffer dropped cannot leave a name wrong for longer). Nothing here ever calls Docker from a
 lookup: ``by_ip``/``by_ifindex`` are dictionary reads.
 
-Host-side veth: the container's network namespace is ``/proc/<State.Pid>/ns/net``. Rather
-than entering it (pyroute2's ``NetNS`` forks a helper process per namespace, about 10 ms
-and a fork of a process that holds bcc state and threads; ``setns`` from a thread would
-need restoring), the resolver asks the kernel, from the host namespace, which id this
-namespace gives that one (RTM_GETNSID with NETNSA_FD on the opened ``/proc`` file), and
+Host-side veth: the container's network namespace is ``/proc/<State.Pid>/ns/net``. It is
+never entered: following kernel/netns.py's rule, the resolver asks the kernel, from our own
+namespace, which id ours gives that one (RTM_GETNSID on the opened ``/proc`` file) and
 takes the host's veths whose IFLA_LINK_NETNSID is that id: exactly the veths whose peer
-lives in the container. That is the mirror image of reading IFLA_LINK inside the
-container, with no fork, no namespace switch and no fd left open; a link dump before the
-query makes the kernel assign the id if it had not yet. A container whose process is gone
-by then keeps its addresses and claims no veth (its die event follows).
+lives in the container, with no fork, no namespace switch and no fd left open; a link dump
+before the query makes the kernel assign the id if it had not yet. A container whose
+process is gone by then keeps its addresses and claims no veth (its die event follows).
 
 Client: the docker SDK's low-level ``APIClient`` rather than ``DockerClient``: inspect
 returns the engine's JSON as-is (no model objects that reload themselves with extra
-requests), and ``events`` returns a ``CancellableStream`` whose ``close`` shuts the
-socket down, which is how ``stop`` ends a read that would otherwise block until the next
-event. ``version="auto"`` negotiates the API version, so a 20.10 engine (API 1.41) works
-with a newer SDK, and makes an absent engine fail at connect time, inside the session.
+requests), and an event window (docker_stream.py) is the SDK's ``CancellableStream``,
+whose ``close`` shuts the socket down, which is how ``stop`` ends a blocked read at once.
+``version="auto"`` negotiates the API version, so a 20.10 engine (API 1.41) works with a
+newer SDK, and makes an absent engine fail at connect time, inside the session.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
 import docker
@@ -65,15 +63,60 @@ import docker.errors
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from retinad.kernel.interfaces import link_from_msg
-from retinad.model import Endpoint
-from retinad.resolvers.base import IPAddress, ResolverContext
-from retinad.resolvers.follow import FollowedIndex, Follower
+from retinad.kernel import netns
+from retinad.kernel.netns import NOT_ASSIGNED
+from retinad.resolvers.base import ResolverContext
+from retinad.resolvers.docker_naming import (
+    COMPOSE_PROJECT,
+    COMPOSE_SERVICE,
+    Inspect,
+    as_dict,
+    as_str,
+    container_ips,
+    container_labels,
+    container_name,
+    endpoint_of,
+    has_own_netns,
+    network_mode,
+    running_pid,
+)
+from retinad.resolvers.docker_stream import (
+    API_TIMEOUT,
+    WINDOW_SLACK,
+    DaemonClock,
+    EventWindow,
+    close_quietly,
+    daemon_since,
+    daemon_time,
+    is_timeout,
+    open_window,
+    probe,
+)
+from retinad.resolvers.follow import FollowedIndex, Follower, Resync
 from retinad.resolvers.index import Claim, EndpointIndex
 
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
-
+__all__ = [
+    "API_TIMEOUT",
+    "COMPOSE_PROJECT",
+    "COMPOSE_SERVICE",
+    "CONTAINER_EVENTS",
+    "EVENT_FILTERS",
+    "NETWORK_EVENTS",
+    "DockerResolver",
+    "Inspect",
+    "VethFinder",
+    "container_ips",
+    "container_labels",
+    "container_name",
+    "create",
+    "daemon_since",
+    "daemon_time",
+    "endpoint_of",
+    "has_own_netns",
+    "network_mode",
+    "probe",
+    "running_pid",
+]
 CONTAINER_EVENTS = ("start", "die", "destroy", "rename")
 NETWORK_EVENTS = ("connect", "disconnect")
 EVENT_FILTERS: dict[str, list[str]] = {
@@ -83,122 +126,12 @@ EVENT_FILTERS: dict[str, list[str]] = {
 """What can change a container's claim. A network's own destroy event (type network) also
 passes the filter and is ignored: its containers were disconnected first."""
 
-API_TIMEOUT = 10.0
-"""Seconds for one list or inspect call (the event stream itself has no read timeout)."""
-
-NOT_ASSIGNED = -1
-"""RTM_GETNSID's answer for a namespace this one has no id for (no link between them)."""
-
-Inspect = Mapping[str, Any]
-"""A container as ``GET /containers/{id}/json`` returns it (untrusted JSON)."""
-
-
-# --- the container -> endpoint mapping (pure; unit-testable with literal dicts) ----------
-
-
-def _dict(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def container_labels(info: Inspect) -> Mapping[str, str]:
-    labels = _dict(_dict(info.get("Config")).get("Labels"))
-    return MappingProxyType(
-        {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
-    )
-
-
-def container_name(info: Inspect) -> str:
-    name = _str(info.get("Name"))
-    return name[1:] if name.startswith("/") else name
-
-
-def endpoint_of(info: Inspect) -> Endpoint:
-    """The endpoint a container is (see the module docstring); strings pass through."""
-    labels = container_labels(info)
-    name = container_name(info)
-    service = labels.get(COMPOSE_SERVICE, "")
-    return Endpoint(
-        namespace=labels.get(COMPOSE_PROJECT, ""),
-        name=name,
-        workload_kind="compose_service" if service else "container",
-        workload_name=service or name,
-        labels=labels,
-    )
-
-
-def network_mode(info: Inspect) -> str:
-    return _str(_dict(info.get("HostConfig")).get("NetworkMode"))
-
-
-def has_own_netns(info: Inspect) -> bool:
-    """False for --net=host (the host's namespace), --net=none and --net=container:X."""
-    mode = network_mode(info)
-    return mode not in ("host", "none") and not mode.startswith("container:")
-
-
-def container_ips(info: Inspect) -> list[IPAddress]:
-    """Every IPv4 and IPv6 address the container has, on every network it is attached to."""
-    ips: list[IPAddress] = []
-    networks = _dict(_dict(info.get("NetworkSettings")).get("Networks"))
-    for net in networks.values():
-        for key in ("IPAddress", "GlobalIPv6Address"):
-            text = _str(_dict(net).get(key))
-            if not text:
-                continue
-            try:
-                ips.append(ipaddress.ip_address(text))
-            except ValueError:
-                continue
-    return ips
-
-
-def running_pid(info: Inspect) -> int:
-    state = _dict(info.get("State"))
-    pid = state.get("Pid")
-    if state.get("Running") is not True or not isinstance(pid, int) or pid <= 0:
-        return 0
-    return pid
-
-
-def daemon_since(info: Mapping[str, Any]) -> int:
-    """A ``since`` for the event stream: the daemon's clock (from ``/info``), floored to
-    the second so it is never later than now; the local clock if the daemon's is unreadable.
-    An early ``since`` only replays a few events, which re-inspecting makes harmless."""
-    text = _str(info.get("SystemTime"))
-    try:
-        return int(datetime.fromisoformat(text).timestamp())
-    except ValueError:
-        return int(time.time()) - 1
-
-
-def probe(host: str, timeout: float) -> None:
-    """For a ``unix://`` host, raise OSError unless something accepts a connection there.
-
-    An absent engine then costs one failed connect that leaks nothing: the SDK's unix
-    adapter leaves the socket of a failed connect to the garbage collector (a
-    ResourceWarning per retry). Other schemes go through urllib3, which closes it.
-    """
-    if not host.startswith("unix://"):
-        return
-    path = host[len("unix://") :]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as err:
-            reason = (err.strerror or str(err)).lower()
-            raise ConnectionError(err.errno, f"cannot connect to {path}: {reason}") from None
-
-
 # --- host-side veths (netlink in the host namespace) --------------------------------------
 
 
 class VethFinder:
-    """Finds the host-side veths of a process's network namespace (module docstring)."""
+    """Finds the host-side veths of a process's network namespace (kernel/netns.py), over
+    one rtnetlink socket kept for a session."""
 
     def __init__(self) -> None:
         self._ipr = IPRoute()
@@ -207,27 +140,12 @@ class VethFinder:
         self._ipr.close()
 
     def veths_by_nsid(self) -> dict[int, list[int]]:
-        """Peer namespace id -> the ifindexes of this namespace's veths whose peer is there.
-        The dump also makes the kernel assign an id to every such peer namespace."""
-        table: dict[int, list[int]] = {}
-        for msg in self._ipr.get_links():
-            link = link_from_msg(msg)
-            if link is not None and link.container_veth and link.link_netnsid is not None:
-                table.setdefault(link.link_netnsid, []).append(link.ifindex)
-        return table
+        """Peer namespace id -> our veths whose peer is there (assigning the ids)."""
+        return netns.veths_by_peer_nsid(self._ipr)
 
     def nsid_of(self, pid: int) -> int:
-        """The id this namespace has for ``pid``'s network namespace, or NOT_ASSIGNED."""
-        try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return NOT_ASSIGNED  # the process is gone
-        try:
-            res = self._ipr.get_netnsid(fd=fd)
-        finally:
-            os.close(fd)
-        nsid = res.get("nsid") if res else None
-        return nsid if isinstance(nsid, int) and nsid >= 0 else NOT_ASSIGNED
+        """The id our namespace has for ``pid``'s network namespace, or NOT_ASSIGNED."""
+        return netns.nsid_of_pid(self._ipr, pid)
 
     def veths_of(self, pid: int, table: Mapping[int, list[int]] | None = None) -> list[int]:
         """Host-side ifindexes of the veths into ``pid``'s network namespace."""
@@ -252,10 +170,12 @@ class DockerResolver(FollowedIndex):
         logger: logging.Logger | None = None,
         on_change: Callable[[], None] | None = None,
         api_timeout: float = API_TIMEOUT,
+        resync_interval: float = 0.0,
     ) -> None:
         self.host = host
         self._log = logger or logging.getLogger("retinad.resolvers.docker")
         self._timeout = api_timeout
+        self.resync = Resync(resync_interval)
         self.index = EndpointIndex(on_change)
         self.follower = Follower(
             "docker", self._session, logger=self._log, interrupt=self._interrupt
@@ -267,36 +187,86 @@ class DockerResolver(FollowedIndex):
     # --- one session (Follower thread) --------------------------------------------------
 
     def _session(self, follower: Follower) -> None:
-        probe(self.host, self._timeout)
-        client = docker.APIClient(base_url=self.host, version="auto", timeout=self._timeout)
-        stream: Any = None
+        step = "connecting"
+        try:
+            probe(self.host, self._timeout)
+            client = docker.APIClient(base_url=self.host, version="auto", timeout=self._timeout)
+        except Exception as err:
+            self._raise_if_timeout(err, step)
+            raise
         veths: VethFinder | None = None
         try:
             if not self._keep(client=client):
                 return
-            since = daemon_since(client.info())
-            stream = client.events(since=since, filters=EVENT_FILTERS, decode=True)
-            if not self._keep(stream=stream):
-                return
+            step = "reading the engine's clock"
+            clock = DaemonClock(client.info())
+            since = clock.start
+            step = "subscribing to events"
+            window = self._subscribe(client, clock, since)
             veths = VethFinder()
+            step = "listing containers"
             claims = self._list(client, veths, follower)
             if follower.stopping.is_set():
                 return
             self.index.replace_all(claims)
+            self.resync.listed()
             follower.mark_up()
             self._log.info("docker: %d containers from %s", len(claims), self.host)
-            for event in stream:
+            while not follower.stopping.is_set():
+                step = "reading the event stream"
+                for event in window.stream:
+                    if follower.stopping.is_set():
+                        return
+                    if isinstance(event, Mapping):
+                        self._on_event(client, veths, event)
                 if follower.stopping.is_set():
                     return
-                if isinstance(event, Mapping):
-                    self._on_event(client, veths, event)
+                if clock.now() < window.until - WINDOW_SLACK:
+                    raise ConnectionError(
+                        f"event stream from {self.host} closed before dockerd ended it"
+                    )
+                close_quietly(window.stream)
+                step = "subscribing to events"
+                window = self._subscribe(client, clock, window.until - WINDOW_SLACK)
+                if self.resync.due():
+                    step = "relisting containers"
+                    self._resync(client, veths, follower)
+        except Exception as err:
+            self._raise_if_timeout(err, step)
+            raise
         finally:
             with self._lock:
+                stream = self._stream
                 self._client = None
                 self._stream = None
             if veths is not None:
                 veths.close()
-            _close_quietly(stream, client)
+            close_quietly(stream, client)
+
+    def _subscribe(self, client: Any, clock: DaemonClock, since: float) -> EventWindow:
+        """The next event window (docker_stream.py), published for ``stop`` to close."""
+        window = open_window(client, clock, since, self._timeout, EVENT_FILTERS)
+        if not self._keep(stream=window.stream):
+            close_quietly(window.stream)
+            raise ConnectionError("stopped")
+        return window
+
+    def _resync(self, client: Any, veths: VethFinder, follower: Follower) -> None:
+        """The periodic relist while connected: repairs whatever an event missed."""
+        claims = self._list(client, veths, follower)
+        if follower.stopping.is_set():
+            return
+        self.index.replace_all(claims)
+        self.resync.done()
+        self._log.debug("docker: resync, %d containers", len(claims))
+
+    def _raise_if_timeout(self, err: BaseException, step: str) -> None:
+        """A timeout anywhere in the SDK's stack (requests, urllib3, the socket) becomes one
+        TimeoutError naming the source, the bound and what was waited for."""
+        if is_timeout(err):
+            raise TimeoutError(
+                f"no answer from {self.host} within {self._timeout:g}s ({step})"
+            ) from None
 
     def _keep(self, *, client: Any = None, stream: Any = None) -> bool:
         """Publish what ``stop`` must close; False if a stop already came (then the session
@@ -311,7 +281,7 @@ class DockerResolver(FollowedIndex):
     def _interrupt(self) -> None:
         with self._lock:
             stream, client = self._stream, self._client
-        _close_quietly(stream, client)
+        close_quietly(stream, client)
 
     def _list(self, client: Any, veths: VethFinder, follower: Follower) -> dict[str, Claim]:
         table = veths.veths_by_nsid()
@@ -319,7 +289,7 @@ class DockerResolver(FollowedIndex):
         for summary in client.containers(quiet=True):
             if follower.stopping.is_set():
                 break
-            cid = _str(_dict(summary).get("Id"))
+            cid = as_str(as_dict(summary).get("Id"))
             if not cid:
                 continue
             try:
@@ -332,12 +302,12 @@ class DockerResolver(FollowedIndex):
         return claims
 
     def _on_event(self, client: Any, veths: VethFinder, event: Mapping[str, Any]) -> None:
-        kind, action = _str(event.get("Type")), _str(event.get("Action"))
-        actor = _dict(event.get("Actor"))
+        kind, action = as_str(event.get("Type")), as_str(event.get("Action"))
+        actor = as_dict(event.get("Actor"))
         if kind == "container" and action in CONTAINER_EVENTS:
-            cid = _str(actor.get("ID"))
+            cid = as_str(actor.get("ID"))
         elif kind == "network" and action in NETWORK_EVENTS:
-            cid = _str(_dict(actor.get("Attributes")).get("container"))
+            cid = as_str(as_dict(actor.get("Attributes")).get("container"))
         else:
             return
         if not cid:
@@ -376,17 +346,12 @@ class DockerResolver(FollowedIndex):
         return Claim.of(endpoint_of(info), ips, ifindexes)
 
 
-def _close_quietly(*things: Any) -> None:
-    """Close the event stream (shuts its socket down, ending a blocked read) and the client."""
-    for thing in things:
-        if thing is None:
-            continue
-        # Already closed, or half-open: either way nothing is left to release.
-        with contextlib.suppress(Exception):
-            thing.close()
-
-
 def create(ctx: ResolverContext) -> DockerResolver:
+    cfg = ctx.settings.resolvers.docker
     return DockerResolver(
-        host=ctx.settings.resolvers.docker.host, logger=ctx.logger, on_change=ctx.on_change
+        host=cfg.host,
+        logger=ctx.logger,
+        on_change=ctx.on_change,
+        api_timeout=float(cfg.read_timeout_seconds),
+        resync_interval=float(cfg.resync_interval_seconds),
     )

@@ -5,6 +5,13 @@ list everything into the index, follow the event stream until it breaks, then wa
 it again. ``Follower`` is that loop, once. A source that is absent at start or restarts
 later never stops the daemon; ``up`` says whether the index is currently in sync, and is
 exported as ``retinad_resolver_up{resolver}``.
+
+A session must never block without a bound: a source that accepts and then never answers,
+or a connection that died without a FIN (a half-open stream stays silent forever), is
+detected by the session's own read timeout and raised as ``TimeoutError`` naming the
+source and what it was waiting for; the Follower logs it, turns ``up`` off and reconnects
+with backoff. A session also relists on its own every ``resync_interval`` (``Resync``),
+so a missed event cannot leave a stale or missing name for longer than that.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 
 from retinad.model import Endpoint
@@ -34,6 +42,28 @@ class Backoff:
 
     def reset(self) -> None:
         self._attempt = 0
+
+
+class Resync:
+    """When a connected session should relist again (0 = never, only on reconnect)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = time.monotonic() + interval
+        self.count = 0
+        """Relists done while connected (not counting each session's first list)."""
+
+    def listed(self) -> None:
+        """A full list just finished (a session's first, or a resync): count from now."""
+        self._next = time.monotonic() + self.interval
+
+    def due(self) -> bool:
+        return self.interval > 0 and time.monotonic() >= self._next
+
+    def done(self) -> None:
+        """A resync while connected finished."""
+        self.count += 1
+        self.listed()
 
 
 class Follower:
@@ -110,6 +140,8 @@ class Follower:
                 reason = "event stream ended"
             except ConnectionError as err:  # never reached it: say so, without a type name
                 reason = err.strerror or str(err)
+            except TimeoutError as err:  # reached it, but it stopped answering
+                reason = str(err)
             except Exception as err:
                 reason = f"{type(err).__name__}: {err}"
             was_up = self._up.is_set()

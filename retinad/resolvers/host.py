@@ -9,56 +9,27 @@ Until a Docker or Kubernetes resolver knows better, an endpoint is either
   interface name>, workload_kind="interface", workload_name=<host-side interface name>).
 
 The index is fed by netlink link and address events (kernel/links.py) and every answer is
-computed when an event arrives, so a lookup at scrape time is a dictionary read.
+computed when an event arrives, so a lookup at scrape time is a dictionary read. Names of
+peer namespaces come from kernel/netns.py (asked from our own namespace, never entered).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from retinad.kernel.interfaces import LinkInfo
 from retinad.kernel.links import AddrEvent, LinkWatcher
+from retinad.kernel.netns import named_netns_ids
 from retinad.model import Endpoint
 from retinad.resolvers.base import IPAddress, ResolverContext
 
 DEFAULT_NETNS_DIR = Path("/run/netns")
 """Where ``ip netns add`` puts its named namespaces."""
-
-
-def netns_names(netns_dir: Path) -> dict[int, str]:
-    """nsid (as this namespace numbers it) -> name, for the named namespaces in netns_dir.
-
-    A namespace that has no id here yet (no veth links us) is simply not listed.
-    """
-    names: dict[int, str] = {}
-    try:
-        entries = sorted(os.listdir(netns_dir))
-    except OSError:
-        return names
-    with IPRoute() as ipr:
-        for name in entries:
-            try:
-                fd = os.open(netns_dir / name, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                res = ipr.get_netnsid(fd=fd)
-            except Exception:  # not a namespace file, or it vanished: skip it
-                res = None
-            finally:
-                os.close(fd)
-            nsid = res.get("nsid") if res else None
-            if isinstance(nsid, int) and nsid >= 0:
-                names[nsid] = name
-    return names
 
 
 class HostResolver:
@@ -136,7 +107,7 @@ class HostResolver:
         with self._lock:
             nsname = self._nsnames.get(link.link_netnsid)
         if nsname is None:
-            fresh = netns_names(self._netns_dir)
+            fresh = named_netns_ids(self._netns_dir)
             with self._lock:
                 self._nsnames = fresh
             nsname = fresh.get(link.link_netnsid)

@@ -48,6 +48,15 @@ BAD_CONFIGS = [
     ),
     ("[dropreason]\nmax_entries = 1.5\n", "[dropreason].max_entries: expected an integer, got 1.5"),
     (
+        "[resolvers.docker]\nread_timeout_seconds = 0\n",
+        "[resolvers.docker].read_timeout_seconds: expected an integer from 1 to 300, got 0",
+    ),
+    (
+        "[resolvers.containerd]\nresync_interval_seconds = -1\n",
+        "[resolvers.containerd].resync_interval_seconds: expected an integer from 0 to 86400, "
+        "got -1",
+    ),
+    (
         '[packetparser]\nattach_mode = "xdp"\n',
         '[packetparser].attach_mode: expected one of "auto", "tcx", "clsact", got "xdp"',
     ),
