@@ -52,6 +52,8 @@ class LinkInfo:
     """For a veth: the namespace id of its peer's namespace when that differs from ours."""
     l3: bool = False
     """Its packets carry no MAC header (``L3_LINK_TYPES``): parsed from the IP header."""
+    peer_ifindex: int | None = None
+    """IFLA_LINK: for a veth, its peer's ifindex (in the peer's namespace)."""
 
     @property
     def container_veth(self) -> bool:
@@ -70,6 +72,7 @@ def link_from_msg(msg: Any) -> LinkInfo | None:
         kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
     flags = int(msg["flags"])
     netnsid = msg.get_attr("IFLA_LINK_NETNSID")
+    peer = msg.get_attr("IFLA_LINK")
     return LinkInfo(
         ifindex=int(msg["index"]),
         name=str(name),
@@ -78,6 +81,7 @@ def link_from_msg(msg: Any) -> LinkInfo | None:
         loopback=bool(flags & IFF_LOOPBACK),
         link_netnsid=None if netnsid is None else int(netnsid),
         l3=int(msg.get("ifi_type") or 1) in L3_LINK_TYPES,
+        peer_ifindex=None if peer is None else int(peer),
     )
 
 

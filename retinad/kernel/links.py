@@ -13,6 +13,13 @@ reports the difference, so the callbacks always converge on the truth. Bridge-fa
 (AF_BRIDGE) link messages are ignored: they describe a bridge port, not the interface, and
 read as one they would change a container veth's role whenever a port joins or leaves.
 
+A veth whose peer moves to another namespace gets no message of its own (only the peer's
+RTM_DELLINK here, unless something then changes the veth, as Docker does by setting the
+peer up). That RTM_DELLINK carries IFLA_NEW_NETNSID, the peer's new namespace: the
+watcher then reports each veth that named the moved link as its peer again, with that
+namespace id (the kernel sends the message before it switches the peer's namespace, so
+reading the veth back at that moment could still show its peer here).
+
 Callbacks run in the watcher thread; an exception in one is logged and the thread goes on.
 ``alive`` turns false only if the thread itself failed, which a plugin reports as unhealthy.
 """
@@ -25,9 +32,10 @@ import logging
 import os
 import select
 import socket
+import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -192,6 +200,9 @@ class LinkWatcher:
                 gone = self._links.pop(int(msg["index"]), None)
             if gone is not None:
                 self._call(self._on_link_removed, gone)
+                moved_to = _new_netnsid(msg)
+                if moved_to is not None:
+                    self._peer_moved(gone.ifindex, moved_to)
         elif mtype in (RTM_NEWADDR, RTM_DELADDR) and self._on_addr is not None:
             ev = addr_from_msg(msg, added=mtype == RTM_NEWADDR)
             if ev is not None:
@@ -201,6 +212,19 @@ class LinkWatcher:
         with self._lock:
             self._links[link.ifindex] = link
         self._call(self._on_link, link)
+
+    def _peer_moved(self, ifindex: int, netnsid: int) -> None:
+        """Report each veth here whose peer ``ifindex`` moved to namespace ``netnsid``."""
+        with self._lock:
+            moved = [
+                replace(link, link_netnsid=netnsid)
+                for link in self._links.values()
+                if link.kind == "veth"
+                and link.link_netnsid is None
+                and link.peer_ifindex == ifindex
+            ]
+        for link in moved:
+            self._link_seen(link)
 
     def _resync(self, *, initial: bool) -> None:
         """Dump links (and addresses) and report them, plus what vanished since."""
@@ -228,6 +252,18 @@ class LinkWatcher:
             fn(arg)
         except Exception as err:  # a callback bug must not stop interface tracking
             self._log.error("%s: handling %r failed: %s", self._name, arg, err, exc_info=err)
+
+
+def _new_netnsid(msg: Any) -> int | None:
+    """IFLA_NEW_NETNSID of an RTM_DELLINK: where the link moved (None: it was deleted).
+
+    The kernel writes it in host byte order (nla_put_s32); pyroute2's table reads it as
+    big-endian, so it is turned back here.
+    """
+    raw = msg.get_attr("IFLA_NEW_NETNSID")
+    if raw is None:
+        return None
+    return int.from_bytes(int(raw).to_bytes(4, "big"), sys.byteorder, signed=True)
 
 
 def default_route_ifindexes() -> frozenset[int]:

@@ -20,6 +20,7 @@ and retinad_map_overflow_packets_total{map="drop_counts"} rises.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import threading
 from collections.abc import Iterable
@@ -53,6 +54,7 @@ from retinad.kernel.tracepoint import tracepoint_exists
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
 from retinad.plugins.base import PluginContext
 from retinad.plugins.sweeper import Sweeper
+from retinad.resolvers.base import ResolverChain
 
 SOURCE = "bpf/dropreason.c"
 TRACEPOINT = "skb:kfree_skb"
@@ -123,6 +125,9 @@ class _Program:
     ledger: SeriesLedger | None = None
     """Advanced mode: binds keys to endpoints (exporter/ledger.py); its coarse totals
     give the node-level series, so freeing a key never lowers them."""
+    first_seen: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    """Advanced mode: key -> ResolverChain.container_address_reads when the key was first
+    read; see ``_named_once_behind_known``."""
 
 
 class DropReasonPlugin:
@@ -326,7 +331,7 @@ class DropReasonPlugin:
                 records.append(Record(bytes(key), (*labels, *ep_values), values, live))
             if prog.ledger is None:
                 return {k: (v[0], v[1]) for k, v in basic.items()}, {}, entries, overflowed, prog
-            per_ep = prog.ledger.update(records)
+            per_ep = prog.ledger.update(_named_once_behind_known(prog, records, self._ctx.resolver))
             return prog.ledger.coarse_totals(), per_ep, entries, overflowed, prog
 
     def _families(
@@ -369,6 +374,33 @@ class DropReasonPlugin:
     def healthy(self) -> bool:
         """Healthy while the sweeper thread (resolver changes -> ledger) runs."""
         return self._sweeper is not None and self._sweeper.alive
+
+
+def _named_once_behind_known(
+    prog: _Program, records: list[Record], chain: ResolverChain
+) -> list[Record]:
+    """The records the ledger may bind now: a new key waits until packetparser has handed
+    the chain a newer table of the container veths addresses sit behind.
+
+    A drop carries no interface, so the chain names its address by the veth packetparser
+    last counted it behind (ResolverChain.endpoint). The packet was counted on the veth
+    before it was dropped, but packetparser's latest read may predate it; named then, a
+    drop behind a veth would get the address's name (a static /32, say) where the forward
+    series got the veth's (the host resolver's, when it comes first), and the ledger keeps
+    a key's first name. Any packetparser read after the key's first read has the address,
+    so the key is bound from the next scrape on (its counts lose nothing, they show one
+    scrape later). Without packetparser's tables (none received yet) nothing waits.
+    """
+    reads = chain.container_address_reads
+    present = {rec.key for rec in records}
+    for key in [k for k in prog.first_seen if k not in present]:
+        del prog.first_seen[key]  # freed from the map: a new key of it waits again
+    ready = []
+    for rec in records:
+        seen_at = prog.first_seen.setdefault(rec.key, reads)
+        if reads == 0 or seen_at < reads or rec.labels[0] == OVERFLOW_REASON:
+            ready.append(rec)
+    return ready
 
 
 def _add(acc: dict[Any, list[int]], labels: Any, value: DropValue) -> None:

@@ -5,7 +5,18 @@ true from netlink link events.
 each one's role from the [packetparser] selection (kernel/interfaces.py) and attaches the
 role's programs (kernel/attach.py): host programs, their ``_l3`` variant on links without
 a MAC header, or container-veth programs. A role changes only when the interface's own
-record or the selection (on reload) says so; an interface that disappears is forgotten.
+record or the selection (on reload) says so, and then by a clean detach before the new
+attach; an interface that disappears is forgotten.
+
+A veth whose peer is still in this namespace has no settled role yet: Docker (and CNI
+plugins, and ``ip link add ... peer`` then ``set ... netns``) create the pair here, bring
+the host end up, and move the peer into the container a moment later (about 200 ms on an
+idle Docker host). Attached at once it would count that container's first packets as node
+traffic and be re-attached as container when the peer moves. So such a veth is *held*
+unattached while the role it would get with its peer moved differs from the role it has
+now: the link event that reports the peer in another namespace ends the hold (it is then
+attached once, as container), and if none comes within ``SETTLE_SECONDS`` the pair is one
+that stays here and the veth is attached in the role it has (host).
 Attach failures are logged and counted by reason, never fatal. The collection side
 (packetparser.py) only asks which interfaces are container veths.
 """
@@ -17,7 +28,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -44,6 +55,11 @@ PROGRAM_NAMES = tuple(
 )
 """Every program the reconciler may attach: packetparser.py loads them all."""
 INTERFACE_INFO = "retinad_interface_info"
+SETTLE_SECONDS = 2.0
+"""How long a veth whose peer is still in this namespace is held unattached, waiting for
+the peer to move (see the module docstring). Docker moves it within about 200 ms on an idle
+host; 2 s leaves room for a loaded one, and delays only veth pairs that stay in the host
+namespace, which are rare (and whose role is host either way)."""
 
 
 @dataclass
@@ -72,6 +88,11 @@ class InterfaceReconciler:
         self._container_ifindexes: set[int] = set()
         self._errors: Counter[str] = Counter()
         self._uplink_judged: dict[int, bool] = {}
+        self._held: dict[int, threading.Timer] = {}
+        """ifindex -> the settle deadline of a veth whose peer is still here."""
+        self._settled: set[int] = set()
+        """Veths whose settle deadline passed with the peer still here: their role is the
+        one they have (until a real change: the peer moves, the link is deleted)."""
         """ifindex -> whether that veth (peer in another namespace) carries our default route."""
         self._running = False
         """Attach only while True (under _lock): a link callback that comes late from a
@@ -100,6 +121,10 @@ class InterfaceReconciler:
     def stop(self) -> None:
         with self._lock:
             self._running = False
+            for timer in self._held.values():
+                timer.cancel()
+            self._held.clear()
+            self._settled.clear()
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -152,6 +177,8 @@ class InterfaceReconciler:
     def _on_link_removed(self, link: LinkInfo) -> None:
         with self._lock:
             self._uplink_judged.pop(link.ifindex, None)  # ifindexes are reused
+            self._release(link.ifindex)
+            self._settled.discard(link.ifindex)
             if link.ifindex in self._attached:
                 self._log.info("%s (ifindex %d) is gone", link.name, link.ifindex)
                 self._detach(link.ifindex, gone=True)
@@ -175,6 +202,10 @@ class InterfaceReconciler:
             container_interfaces=self.settings.container_interfaces,
             uplink=uplink,
         )
+        if self._hold(link, role):
+            if current is not None:  # its peer came back here: that role no longer holds
+                self._detach(link.ifindex)
+            return
         if current is not None and current.role == role:
             return
         if current is not None:
@@ -195,6 +226,57 @@ class InterfaceReconciler:
         else:
             self._container_ifindexes.discard(link.ifindex)
         self._log.info("attached to %s (ifindex %d) as %s", link.name, link.ifindex, role.value)
+
+    def _hold(self, link: LinkInfo, role: Role | None) -> bool:
+        """Whether ``link`` waits for its role to settle (see the module docstring): a veth
+        whose peer is in this namespace, not settled yet, whose role would change if the
+        peer moved. Starts its settle deadline on first sight; ends the hold otherwise."""
+        unsettled = (
+            role is not None
+            and link.kind == "veth"
+            and link.link_netnsid is None
+            and link.ifindex not in self._settled
+        )
+        if unsettled:
+            moved = role_of(
+                replace(link, link_netnsid=0),
+                self.settings.interfaces,
+                container_interfaces=self.settings.container_interfaces,
+            )
+            unsettled = moved != role
+        if not unsettled:
+            self._release(link.ifindex)
+            return False
+        if link.ifindex not in self._held:
+            timer = threading.Timer(SETTLE_SECONDS, self._settle, args=(link.ifindex,))
+            timer.daemon = True
+            timer.name = f"retinad-settle-{link.ifindex}"
+            self._held[link.ifindex] = timer
+            timer.start()
+            self._log.debug(
+                "%s (ifindex %d): veth with its peer in this namespace; waiting up to %.1f s "
+                "for the peer to move before attaching",
+                link.name,
+                link.ifindex,
+                SETTLE_SECONDS,
+            )
+        return True
+
+    def _release(self, ifindex: int) -> None:
+        timer = self._held.pop(ifindex, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _settle(self, ifindex: int) -> None:
+        """The settle deadline of a held veth: its peer stayed here, so its role is the one
+        it has now."""
+        with self._lock:
+            if self._held.pop(ifindex, None) is None or not self._running:
+                return  # released (peer moved, link gone) or stopping meanwhile
+            self._settled.add(ifindex)
+            link = self._watcher.links().get(ifindex) if self._watcher else None
+            if link is not None:
+                self._reconcile(link)
 
     def _detach(self, ifindex: int, *, gone: bool = False) -> None:
         entry = self._attached.pop(ifindex, None)

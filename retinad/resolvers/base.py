@@ -97,6 +97,7 @@ class ResolverChain:
         self._generation = 0
         self._cond = threading.Condition()
         self._behind: dict[IPAddress, int] = {}
+        self._behind_reads = 0
 
     def notify_change(self) -> None:
         with self._cond:
@@ -125,6 +126,13 @@ class ResolverChain:
     def note_container_addresses(self, behind: dict[IPAddress, int]) -> None:
         """Replace the table address -> container veth ifindex it was last counted on."""
         self._behind = {normalize_ip(ip): idx for ip, idx in behind.items()}
+        self._behind_reads += 1
+
+    @property
+    def container_address_reads(self) -> int:
+        """How many tables ``note_container_addresses`` has received: an address first
+        seen (by a plugin without interfaces) before the latest table may not be in it yet."""
+        return self._behind_reads
 
     def endpoint(self, ip: IPAddress, ifindex: int | None = None) -> Endpoint | None:
         """The one lookup rule (see the class docstring)."""
