@@ -64,9 +64,12 @@ def build(naming: Naming) -> dict[str, Json]:
     endpoint = dashboard(
         f"retinad-endpoint{suffix}",
         f"retinad / Endpoint{title_suffix}",
-        "One container or pod: its traffic, its drops and its peers.",
+        "One container or pod: its traffic, its drops and its peers."
+        if naming == "prometheus"
+        else "One container or pod: its traffic and its drops ([packetparser] "
+        "remote_context = false; with it on, use Retina's pod-level dashboard).",
         endpoint_vars,
-        endpoint_rows(),
+        endpoint_rows(naming),
     )
     out = {f"retinad-node{suffix}.json": node, f"retinad-endpoint{suffix}.json": endpoint}
     return {k: _fill_all(v, naming) for k, v in out.items()}  # type: ignore[misc]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from retinad.exporter.naming import Naming
+
 from .grafana import Panel, Row, Target
 from .queries import EP, rate_by, rst_per_syn
 
 
-def endpoint_rows() -> list[Row]:
+def endpoint_rows(naming: Naming) -> list[Row]:
+    """Traffic, drops and (prometheus naming) peers of one endpoint.
+
+    In retina naming remote context gives the forward series Retina's source/destination
+    shape instead of per-endpoint ones, so these panels read retina naming without remote
+    context, and the peers row is left out: with remote context on, Retina's own pod-level
+    dashboard is the one that applies (tests/monitoring/test_retina_dashboards.py).
+    """
     traffic = Row(
         "Traffic",
         [
@@ -84,4 +93,4 @@ def endpoint_rows() -> list[Row]:
             )
         ],
     )
-    return [traffic, drops, peers]
+    return [traffic, drops, peers] if naming == "prometheus" else [traffic, drops]
