@@ -43,7 +43,7 @@ def build(naming: Naming) -> dict[str, Json]:
         f"retinad / Node{title_suffix}",
         "One host's network as retinad counts it, and retinad's own health.",
         [_instance_variable()],
-        node_rows(),
+        node_rows(naming),
     )
     endpoint_vars = [
         _instance_variable(),
