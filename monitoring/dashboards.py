@@ -14,7 +14,7 @@ from .endpoint_dashboard import endpoint_rows
 from .grafana import Json, dashboard, query_variable
 from .names import fill
 from .node_dashboard import node_rows
-from .queries import I
+from .queries import EP_BYTES_RULE, I
 
 
 def _instance_variable() -> Json:
@@ -45,19 +45,22 @@ def build(naming: Naming) -> dict[str, Json]:
         [_instance_variable()],
         node_rows(naming),
     )
+    # Retina naming: from the recording rule, which has per-endpoint labels with remote
+    # context on or off (queries.local_rate).
+    endpoints = "<EP_BYTES>" if naming == "prometheus" else EP_BYTES_RULE
     endpoint_vars = [
         _instance_variable(),
         query_variable(
             "namespace",
             "Namespace",
-            "label_values(<EP_BYTES>{" + I + "}, namespace)",
+            f"label_values({endpoints}{{{I}}}, namespace)",
             # "All" (.*) also matches the empty namespace of hosts and plain containers.
             multi=True,
         ),
         query_variable(
             "name",
             "Endpoint",
-            "label_values(<EP_BYTES>{" + I + ', namespace=~"$namespace"}, <NAME>)',
+            f'label_values({endpoints}{{{I}, namespace=~"$namespace"}}, <NAME>)',
             multi=False,
         ),
     ]
@@ -66,8 +69,8 @@ def build(naming: Naming) -> dict[str, Json]:
         f"retinad / Endpoint{title_suffix}",
         "One container or pod: its traffic, its drops and its peers."
         if naming == "prometheus"
-        else "One container or pod: its traffic and its drops ([packetparser] "
-        "remote_context = false; with it on, use Retina's pod-level dashboard).",
+        else "One container or pod: its traffic and its drops (its peers, with remote "
+        "context on: Retina's pod-level dashboard).",
         endpoint_vars,
         endpoint_rows(naming),
     )

@@ -15,6 +15,7 @@ from typing import Any
 from retinad.exporter.naming import Naming
 
 from .names import RETINA_APISERVER_HANDSHAKE, RETINA_APISERVER_NO_RESPONSE, fill
+from .queries import EP_BYTES_RULE, EP_FLAGS_RULE, EP_PKTS_RULE, local_rate
 
 Json = dict[str, Any]
 
@@ -24,20 +25,24 @@ LATENCY_THRESHOLD_SECONDS = 0.5
 NO_RESPONSE_THRESHOLD = 0.05
 """Unanswered handshakes or requests per second to one target."""
 
-RECORDING = [
-    (
-        "instance_namespace_<NAME>_direction:<BASE_EP_BYTES>:rate1m",
-        "sum by (instance, namespace, <NAME>, direction) (rate(<EP_BYTES>[1m]))",
-    ),
-    (
-        "instance_namespace_<NAME>_direction:<BASE_EP_PKTS>:rate1m",
-        "sum by (instance, namespace, <NAME>, direction) (rate(<EP_PKTS>[1m]))",
-    ),
-    (
-        "instance_reason:<BASE_DROP_PKTS>:rate5m",
-        "sum by (instance, reason) (rate(<DROP_PKTS>[5m]))",
-    ),
-]
+
+def recording(naming: Naming) -> list[tuple[str, str]]:
+    """(record, expr) pairs. The per-endpoint ones read either shape of retina naming's
+    forward and flag series (``local_rate``), so the dashboards built on them work with
+    remote context on or off."""
+    ep = "instance, namespace, <NAME>, direction"
+    return [
+        (EP_BYTES_RULE, local_rate("<EP_BYTES>", "1m", ep, naming)),
+        (EP_PKTS_RULE, local_rate("<EP_PKTS>", "1m", ep, naming)),
+        (
+            EP_FLAGS_RULE,
+            local_rate("<EP_FLAGS>", "1m", "instance, namespace, <NAME>, flag, direction", naming),
+        ),
+        (
+            "instance_reason:<BASE_DROP_PKTS>:rate5m",
+            "sum by (instance, reason) (rate(<DROP_PKTS>[5m]))",
+        ),
+    ]
 
 
 @dataclass
@@ -269,7 +274,7 @@ def _render(template: str, labels: dict[str, str]) -> str:
 
 
 def rule_file(naming: Naming) -> Json:
-    recording = [{"record": fill(r, naming), "expr": fill(e, naming)} for r, e in RECORDING]
+    rules = [{"record": fill(r, naming), "expr": fill(e, naming)} for r, e in recording(naming)]
     alerts = [
         {
             "alert": a.name,
@@ -287,7 +292,7 @@ def rule_file(naming: Naming) -> Json:
     ]
     return {
         "groups": [
-            {"name": "retinad.recording", "rules": recording},
+            {"name": "retinad.recording", "rules": rules},
             {"name": "retinad.alerts", "rules": alerts},
         ]
     }

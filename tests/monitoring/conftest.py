@@ -1,10 +1,10 @@
 """One real retinad with traffic per naming, shared by the monitoring tests of a module.
 
 Remote context is on in prometheus naming (the endpoint dashboard's peers row reads the
-``retinad_endpoint_remote_*`` series) and off in retina naming: there, remote context
-gives the forward series Retina's own source/destination shape (exporter/naming.py,
-``retina_pair_shape``), which Retina's pod-level dashboard reads and retinad's
-per-endpoint panels do not; test_retina_dashboards.py runs that case.
+``retinad_endpoint_remote_*`` series) and off in retina naming, where it changes the
+shape of the forward and flag series (exporter/naming.py, ``retina_pair_shape``):
+test_retina_dashboards.py runs retina naming with it on, for Retina's own pod-level
+dashboard and for retinad's dashboards again in that shape.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ and ``stray``, an address no resolver names). The dashboard is Retina's file, un
 series as text, the variable's regex applied), and each panel query, interpolated as
 Grafana does, must return series broken down by the labels its ``sum by`` names, with
 exactly the pods and addresses the stack makes. Two panels cannot work, for the reasons
-in CANNOT_WORK; the test asserts the exact way each fails, so a change shows.
+in CANNOT_WORK; the test asserts the exact way each fails, so a change shows. retinad's
+own retina-naming dashboards and rules are checked on the same stack as well.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from typing import Any
 
 import pytest
 
+from monitoring.generate import rule_file_name
 from tests.daemon_proc import wait_for
 from tests.monitoring.prometheus import Prometheus, interpolate, running_prometheus
 from tests.monitoring.stack import Stack, running_stack
+from tests.monitoring.test_dashboards_on_prometheus import check_dashboard_queries, check_rules
 
 DASHBOARD = Path(__file__).parent / "retina" / "standard-pod-level.json"
+RULES = Path(__file__).parents[2] / "monitoring" / "rules" / rule_file_name("retina")
 
 PODS = {"frontend", "batch", "web", "db", "overflow"}
 """Every named endpoint of the stack (each sends and receives: replies, resets), and
@@ -58,7 +62,7 @@ def prometheus(
     retina_stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     workdir = tmp_path_factory.mktemp("prometheus-retina-remote")
-    with running_prometheus(f"127.0.0.1:{retina_stack.port}", [], workdir) as prom:
+    with running_prometheus(f"127.0.0.1:{retina_stack.port}", [RULES], workdir) as prom:
         # Enough scrapes for irate over Retina's [1m] and [5m] windows to have two points.
         wait_for(
             lambda: prom.instant('count_over_time(up{job="retinad"}[10s]) >= 8'),
@@ -150,3 +154,13 @@ def test_retinas_pod_level_dashboard_works_on_retinad(
     assert failures == []
     assert cannot == set(CANNOT_WORK)
     assert checked == 11  # every target of Retina's dashboard
+
+
+def test_retinads_own_retina_naming_dashboards_work_with_remote_context(
+    retina_stack: Stack, prometheus: Prometheus
+) -> None:
+    """retinad's dashboards and rules in retina naming read the recording rules, which sum
+    Retina's source/destination series to per-endpoint rates: the same checks as on the
+    stack without remote context (test_dashboards_on_prometheus.py) pass here too."""
+    check_dashboard_queries(retina_stack, prometheus)
+    check_rules(prometheus)
