@@ -14,7 +14,7 @@ from .endpoint_dashboard import endpoint_rows
 from .grafana import Json, dashboard, query_variable
 from .names import fill
 from .node_dashboard import node_rows
-from .queries import I
+from .queries import EP_BYTES_RULE, I
 
 
 def _instance_variable() -> Json:
@@ -43,30 +43,36 @@ def build(naming: Naming) -> dict[str, Json]:
         f"retinad / Node{title_suffix}",
         "One host's network as retinad counts it, and retinad's own health.",
         [_instance_variable()],
-        node_rows(),
+        node_rows(naming),
     )
+    # Retina naming: from the recording rule, which has per-endpoint labels with remote
+    # context on or off (queries.local_rate).
+    endpoints = "<EP_BYTES>" if naming == "prometheus" else EP_BYTES_RULE
     endpoint_vars = [
         _instance_variable(),
         query_variable(
             "namespace",
             "Namespace",
-            "label_values(<EP_BYTES>{" + I + "}, namespace)",
+            f"label_values({endpoints}{{{I}}}, namespace)",
             # "All" (.*) also matches the empty namespace of hosts and plain containers.
             multi=True,
         ),
         query_variable(
             "name",
             "Endpoint",
-            "label_values(<EP_BYTES>{" + I + ', namespace=~"$namespace"}, <NAME>)',
+            f'label_values({endpoints}{{{I}, namespace=~"$namespace"}}, <NAME>)',
             multi=False,
         ),
     ]
     endpoint = dashboard(
         f"retinad-endpoint{suffix}",
         f"retinad / Endpoint{title_suffix}",
-        "One container or pod: its traffic, its drops and its peers.",
+        "One container or pod: its traffic, its drops and its peers."
+        if naming == "prometheus"
+        else "One container or pod: its traffic and its drops (its peers, with remote "
+        "context on: Retina's pod-level dashboard).",
         endpoint_vars,
-        endpoint_rows(),
+        endpoint_rows(naming),
     )
     out = {f"retinad-node{suffix}.json": node, f"retinad-endpoint{suffix}.json": endpoint}
     return {k: _fill_all(v, naming) for k, v in out.items()}  # type: ignore[misc]

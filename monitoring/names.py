@@ -29,6 +29,14 @@ _SPECS: dict[str, MetricSpec] = {
     "EP_DROP_BYTES": n.ENDPOINT_DROP_BYTES,
 }
 
+# Retina naming of latency target "apiserver" (issue 14: in milliseconds, as Retina's, no
+# target label, both directions summed; other targets keep the retinad_ names in both
+# namings). Spelled here until that branch's names land in retinad/; then import them.
+RETINA_APISERVER_HANDSHAKE = "networkobservability_adv_node_apiserver_tcp_handshake_latency"
+RETINA_APISERVER_REQUEST = "networkobservability_adv_node_apiserver_latency"
+RETINA_APISERVER_NO_RESPONSE = "networkobservability_adv_node_apiserver_no_response"
+"""A gauge of cumulative counts, label ``no_response`` = the stage."""
+
 _TOKEN = re.compile(r"<([A-Z_]+)>")
 
 

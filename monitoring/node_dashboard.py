@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+from retinad.exporter.naming import Naming
+
 from .grafana import Panel, Row, Target
+from .names import (
+    RETINA_APISERVER_HANDSHAKE,
+    RETINA_APISERVER_NO_RESPONSE,
+    RETINA_APISERVER_REQUEST,
+)
 from .queries import RATE, I, rate_by, rst_per_syn
 
 
-def node_rows() -> list[Row]:
+def _apiserver_quantiles(naming: Naming) -> list[Target]:
+    """Retina naming: target apiserver's quantiles, from Retina's names (ms -> s)."""
+    if naming != "retina":
+        return []
+    return [
+        Target(
+            f"histogram_quantile({q}, sum by (instance, le) "
+            f"(rate({metric}_bucket{{{I}}}{RATE}))) / 1000",
+            f"apiserver {kind} p{int(q * 100)}",
+        )
+        for kind, metric in (
+            ("handshake", RETINA_APISERVER_HANDSHAKE),
+            ("request", RETINA_APISERVER_REQUEST),
+        )
+        for q in (0.5, 0.99)
+    ]
+
+
+def _apiserver_no_response(naming: Naming) -> list[Target]:
+    if naming != "retina":
+        return []
+    expr = rate_by(RETINA_APISERVER_NO_RESPONSE, I, "instance, no_response")
+    return [Target(expr, "apiserver {{no_response}}")]
+
+
+def node_rows(naming: Naming) -> list[Row]:
+    """Every row; in retina naming the latency panels also read target apiserver under
+    Retina's names (the other targets keep retinad's in both namings)."""
     health = Row(
         "retinad health",
         [
@@ -179,7 +213,13 @@ def node_rows() -> list[Row]:
             *(
                 Panel(
                     f"{what} latency",
-                    f"Distribution of {what.lower()} latency to every configured target.",
+                    f"Distribution of {what.lower()} latency to every configured target"
+                    + (
+                        " but apiserver (in Retina's names and milliseconds: its quantiles "
+                        "are in the next panel)."
+                        if naming == "retina"
+                        else "."
+                    ),
                     [
                         Target(
                             f"sum by (le) (rate({metric}_bucket{{{I}}}{RATE}))",
@@ -210,7 +250,8 @@ def node_rows() -> list[Row]:
                         ("request", "retinad_request_latency_seconds"),
                     )
                     for q in (0.5, 0.99)
-                ],
+                ]
+                + _apiserver_quantiles(naming),
                 unit="s",
             ),
             Panel(
@@ -220,7 +261,8 @@ def node_rows() -> list[Row]:
                     Target(
                         rate_by("retinad_no_response_total", I, "instance, target, stage"),
                         "{{target}} {{stage}}",
-                    )
+                    ),
+                    *_apiserver_no_response(naming),
                 ],
                 unit="ops",
                 width=24,

@@ -14,7 +14,8 @@ from typing import Any
 
 from retinad.exporter.naming import Naming
 
-from .names import fill
+from .names import RETINA_APISERVER_HANDSHAKE, RETINA_APISERVER_NO_RESPONSE, fill
+from .queries import EP_BYTES_RULE, EP_FLAGS_RULE, EP_PKTS_RULE, local_rate
 
 Json = dict[str, Any]
 
@@ -24,20 +25,24 @@ LATENCY_THRESHOLD_SECONDS = 0.5
 NO_RESPONSE_THRESHOLD = 0.05
 """Unanswered handshakes or requests per second to one target."""
 
-RECORDING = [
-    (
-        "instance_namespace_<NAME>_direction:<BASE_EP_BYTES>:rate1m",
-        "sum by (instance, namespace, <NAME>, direction) (rate(<EP_BYTES>[1m]))",
-    ),
-    (
-        "instance_namespace_<NAME>_direction:<BASE_EP_PKTS>:rate1m",
-        "sum by (instance, namespace, <NAME>, direction) (rate(<EP_PKTS>[1m]))",
-    ),
-    (
-        "instance_reason:<BASE_DROP_PKTS>:rate5m",
-        "sum by (instance, reason) (rate(<DROP_PKTS>[5m]))",
-    ),
-]
+
+def recording(naming: Naming) -> list[tuple[str, str]]:
+    """(record, expr) pairs. The per-endpoint ones read either shape of retina naming's
+    forward and flag series (``local_rate``), so the dashboards built on them work with
+    remote context on or off."""
+    ep = "instance, namespace, <NAME>, direction"
+    return [
+        (EP_BYTES_RULE, local_rate("<EP_BYTES>", "1m", ep, naming)),
+        (EP_PKTS_RULE, local_rate("<EP_PKTS>", "1m", ep, naming)),
+        (
+            EP_FLAGS_RULE,
+            local_rate("<EP_FLAGS>", "1m", "instance, namespace, <NAME>, flag, direction", naming),
+        ),
+        (
+            "instance_reason:<BASE_DROP_PKTS>:rate5m",
+            "sum by (instance, reason) (rate(<DROP_PKTS>[5m]))",
+        ),
+    ]
 
 
 @dataclass
@@ -57,6 +62,12 @@ class Alert:
     """The nearest healthy input, on which it must not fire."""
     eval_time: str = "20m"
     extra: dict[str, str] = field(default_factory=dict)
+    retina_or: str = ""
+    """Retina naming only: a second condition, ``or``-ed to ``expr``, for series that
+    naming gives other names and labels (latency target apiserver, issue 14)."""
+    retina_fire: list[tuple[str, str]] = field(default_factory=list)
+    """Retina naming only: input on which ``retina_or`` fires (same labels, annotations)."""
+    retina_quiet: list[tuple[str, str]] = field(default_factory=list)
 
 
 H = 'instance="node1:10095", job="retinad"'
@@ -214,6 +225,21 @@ ALERTS = [
                 "0+60x20",
             ),
         ],
+        retina_or=(
+            "histogram_quantile(0.99, sum by (instance, target, le) (label_replace(rate("
+            f'{RETINA_APISERVER_HANDSHAKE}_bucket[5m]), "target", "apiserver", "", ""))) '
+            f"/ 1000 > {LATENCY_THRESHOLD_SECONDS}"
+        ),
+        retina_fire=[
+            (f'{RETINA_APISERVER_HANDSHAKE}_bucket{{{H}, le="100"}}', "0x20"),
+            (f'{RETINA_APISERVER_HANDSHAKE}_bucket{{{H}, le="1000"}}', "0+60x20"),
+            (f'{RETINA_APISERVER_HANDSHAKE}_bucket{{{H}, le="+Inf"}}', "0+60x20"),
+        ],
+        retina_quiet=[
+            (f'{RETINA_APISERVER_HANDSHAKE}_bucket{{{H}, le="100"}}', "0+60x20"),
+            (f'{RETINA_APISERVER_HANDSHAKE}_bucket{{{H}, le="1000"}}', "0+60x20"),
+            (f'{RETINA_APISERVER_HANDSHAKE}_bucket{{{H}, le="+Inf"}}', "0+60x20"),
+        ],
     ),
     Alert(
         "RetinadTargetNoResponse",
@@ -229,6 +255,15 @@ ALERTS = [
         [(f'retinad_no_response_total{{{H}, target="api", stage="handshake"}}', "0+6x20")],
         {"instance": "node1:10095", "target": "api"},
         [(f'retinad_no_response_total{{{H}, target="api", stage="handshake"}}', "0+2x20")],
+        retina_or=(
+            "sum by (instance, target) (label_replace(rate("
+            f'{RETINA_APISERVER_NO_RESPONSE}[5m]), "target", "apiserver", "", "")) '
+            f"> {NO_RESPONSE_THRESHOLD}"
+        ),
+        retina_fire=[(f'{RETINA_APISERVER_NO_RESPONSE}{{{H}, no_response="handshake"}}', "0+6x20")],
+        retina_quiet=[
+            (f'{RETINA_APISERVER_NO_RESPONSE}{{{H}, no_response="handshake"}}', "0+2x20")
+        ],
     ),
 ]
 
@@ -239,11 +274,12 @@ def _render(template: str, labels: dict[str, str]) -> str:
 
 
 def rule_file(naming: Naming) -> Json:
-    recording = [{"record": fill(r, naming), "expr": fill(e, naming)} for r, e in RECORDING]
+    rules = [{"record": fill(r, naming), "expr": fill(e, naming)} for r, e in recording(naming)]
     alerts = [
         {
             "alert": a.name,
-            "expr": fill(a.expr, naming),
+            "expr": fill(a.expr, naming)
+            + (f" or {a.retina_or}" if naming == "retina" and a.retina_or else ""),
             "for": a.for_,
             "labels": {"severity": a.severity},
             "annotations": {
@@ -256,7 +292,7 @@ def rule_file(naming: Naming) -> Json:
     ]
     return {
         "groups": [
-            {"name": "retinad.recording", "rules": recording},
+            {"name": "retinad.recording", "rules": rules},
             {"name": "retinad.alerts", "rules": alerts},
         ]
     }
@@ -272,10 +308,25 @@ def test_file(naming: Naming, rule_file_name: str) -> Json:
             "description": _render(a.description, labels),
             "runbook": a.runbook,
         }
-        for case, series, expected in (
-            ("fires", a.fire, [{"exp_labels": labels, "exp_annotations": annotations}]),
-            ("silent", a.quiet, []),
-        ):
+        fired = [{"exp_labels": labels, "exp_annotations": annotations}]
+        cases = [("fires", a.fire, fired), ("silent", a.quiet, [])]
+        if naming == "retina" and a.retina_or:
+            retina_labels = {**labels, "target": "apiserver"}
+            retina_fired = [
+                {
+                    "exp_labels": retina_labels,
+                    "exp_annotations": {
+                        "summary": _render(a.summary, retina_labels),
+                        "description": _render(a.description, retina_labels),
+                        "runbook": a.runbook,
+                    },
+                }
+            ]
+            cases += [
+                ("fires (apiserver, Retina's names)", a.retina_fire, retina_fired),
+                ("silent (apiserver, Retina's names)", a.retina_quiet, []),
+            ]
+        for case, series, expected in cases:
             tests.append(
                 {
                     "name": f"{a.name} {case}",

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 
 from retinad.metric_names import RESOLVER_ENDPOINTS as RESOLVER_ENDPOINTS
 from retinad.metric_names import RESOLVER_UP as RESOLVER_UP
-from retinad.model import Endpoint
+from retinad.model import UNKNOWN_ENDPOINT, Endpoint
 
 Naming = Literal["prometheus", "retina"]
 
@@ -33,7 +33,20 @@ ENDPOINT_LABELS: dict[Naming, tuple[str, ...]] = {
 """Labels naming an endpoint, in each naming; ``ip`` is added first when [metrics].ip_label."""
 
 REMOTE_PREFIX: dict[Naming, str] = {"prometheus": "remote_", "retina": "destination_"}
-"""Prefix of the far end's labels in remote-context series."""
+"""Prefix of the far end's labels in prometheus naming's remote-context series. Retina
+naming's have Retina's shape (``pair_label_names``): the far end is destination_ of what
+the endpoint sends and source_ of what it receives."""
+
+PAIR_SIDE_LABELS = ("ip", "namespace", "podname", "workload_kind", "workload_name")
+"""One side's labels in Retina's remote-context series, after ``source_``/``destination_``
+(Retina's default context options ip, namespace, podname, workload; pkg/module/metrics/
+types.go). The address is always there: Retina's pod-level dashboard breaks unknown pods
+down by ``source_ip``/``destination_ip``."""
+
+_SIDES = ("source_", "destination_")
+
+PAIR_UNKNOWN = "unknown"
+"""What Retina writes for every label of a side it cannot name."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +65,16 @@ class MetricSpec:
     endpoint: bool = False
     """Whether endpoint labels follow the fixed labels."""
     remote: bool = False
-    """Whether remote-endpoint labels follow the endpoint labels (remote context)."""
+    """Whether remote-endpoint labels follow the endpoint labels (remote context). In
+    retina naming such a series has Retina's shape instead: source_* then destination_*
+    (``pair_label_names``), under the same name as the per-endpoint one it replaces."""
 
     def name(self, naming: Naming) -> str:
         return self.prometheus if naming == "prometheus" else self.retina
 
     def label_names(self, naming: Naming, *, ip_label: bool) -> list[str]:
+        if self.remote and naming == "retina":
+            return pair_label_names(self.labels)
         names = list(self.labels)
         if self.endpoint:
             names += endpoint_label_names(naming, ip_label=ip_label)
@@ -73,6 +90,52 @@ class MetricSpec:
         if naming == "prometheus":
             return CounterMetricFamily(self.prometheus, self.help, labels=labels)
         return GaugeMetricFamily(self.retina, self.help, labels=labels)
+
+
+def retina_pair_shape(naming: Naming, *, remote_context: bool) -> bool:
+    """Whether forward and TCP flag series take Retina's remote-context shape.
+
+    Retina, with remote context on, puts ``source_*`` and ``destination_*`` labels on
+    adv_forward_count/adv_forward_bytes/adv_tcpflags_count themselves and exports no
+    per-pod series beside them; its pod-level dashboard queries exactly that. So in retina
+    naming with [packetparser] remote_context, the (local, remote) pair map feeds those
+    names and the per-endpoint forward and flag series are not exported (they would share
+    the names and be counted twice by every sum). Prometheus naming keeps both families.
+    """
+    return naming == "retina" and remote_context
+
+
+def pair_label_names(fixed: Sequence[str]) -> list[str]:
+    """``fixed`` then source_{ip,namespace,podname,workload_*} then destination_{...}."""
+    return [*fixed, *(f"{side}{label}" for side in _SIDES for label in PAIR_SIDE_LABELS)]
+
+
+def pair_side_values(endpoint: Endpoint, ip: str) -> tuple[str, ...]:
+    """One side's values; an endpoint no resolver knows is "unknown" throughout but its
+    address, as in Retina (its dashboard shows such peers by IP)."""
+    if endpoint == UNKNOWN_ENDPOINT:
+        return (ip or PAIR_UNKNOWN,) + (PAIR_UNKNOWN,) * (len(PAIR_SIDE_LABELS) - 1)
+    values = (endpoint.namespace, endpoint.name, endpoint.workload_kind, endpoint.workload_name)
+    return (ip or PAIR_UNKNOWN, *values)
+
+
+def pair_label_values(
+    direction: str, local: tuple[str, ...], remote: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``direction`` then source then destination: the local endpoint is the source of
+    what it sends (egress) and the destination of what it receives (ingress)."""
+    if direction == "ingress":
+        return (direction, *remote, *local)
+    return (direction, *local, *remote)
+
+
+def pair_family(spec: MetricSpec) -> GaugeMetricFamily:
+    """An empty retina-naming family of ``spec`` in Retina's remote-context shape."""
+    return GaugeMetricFamily(
+        spec.retina,
+        spec.help + " Remote context: by source and destination.",
+        labels=pair_label_names(spec.labels),
+    )
 
 
 def endpoint_label_names(naming: Naming, *, ip_label: bool) -> list[str]:
@@ -134,7 +197,7 @@ ENDPOINT_TCP_FLAGS = MetricSpec(
 REMOTE_FORWARD_PACKETS = MetricSpec(
     "remote_forward_packets",
     "retinad_endpoint_remote_forward_packets",
-    "networkobservability_adv_forward_count_remote",
+    "networkobservability_adv_forward_count",
     "TCP and UDP packets between each local endpoint and each remote endpoint.",
     ("direction",),
     endpoint=True,
@@ -143,7 +206,7 @@ REMOTE_FORWARD_PACKETS = MetricSpec(
 REMOTE_FORWARD_BYTES = MetricSpec(
     "remote_forward_bytes",
     "retinad_endpoint_remote_forward_bytes",
-    "networkobservability_adv_forward_bytes_remote",
+    "networkobservability_adv_forward_bytes",
     "Bytes of TCP and UDP packets between each local endpoint and each remote endpoint.",
     ("direction",),
     endpoint=True,

@@ -49,6 +49,7 @@ from retinad.plugins.packetparser_metrics import (
     endpoint_records,
     note_container_addresses,
     overflow_packets,
+    pair_families,
     remote_families,
     remote_overflow,
     remote_records,
@@ -243,14 +244,16 @@ class PacketParser:
             return None if value is None else traffic_values(value)
 
         overflow = endpoint_overflow if name == "pp_endpoint" else remote_overflow
+        with_flags = name == "pp_endpoint" or self._pair_shape(metrics)
         return SeriesLedger(
             width=2 + abi.TCP_NFLAGS,
             grace=float(self.ctx.series.grace_period_seconds),
             cap=self.ctx.series.max_endpoint_series,
             overflow=overflow(metrics),
             take=take,
-            # worst case per label set: packets, bytes and (endpoint map) every TCP flag
-            series_per_labels=2 + (abi.TCP_NFLAGS if name == "pp_endpoint" else 0),
+            # worst case per label set: packets, bytes and (endpoint map, and the pair map
+            # in Retina's remote-context shape) every TCP flag
+            series_per_labels=2 + (abi.TCP_NFLAGS if with_flags else 0),
         )
 
     @staticmethod
@@ -335,7 +338,7 @@ class PacketParser:
         data, totals = self._account()
         metrics = self.ctx.metrics
         yield from basic_families(Reading(iface=data.get("pp_iface", [])), metrics)
-        if "pp_endpoint" in totals:
+        if "pp_endpoint" in totals and not self._pair_shape(metrics):
             yield from endpoint_families(totals["pp_endpoint"], metrics)
         if "pp_remote" in totals:
             yield from remote_families(totals["pp_remote"], metrics)
@@ -357,7 +360,10 @@ class PacketParser:
     def describe(self) -> Iterable[Metric]:
         m = self.ctx.metrics
         specs = [naming.FORWARD_PACKETS, naming.FORWARD_BYTES, naming.TCP_FLAGS]
-        if m.mode == "advanced":
+        pairs: list[Metric] = []
+        if m.mode == "advanced" and self._pair_shape(m):
+            pairs = pair_families({})
+        elif m.mode == "advanced":
             specs += [
                 naming.ENDPOINT_FORWARD_PACKETS,
                 naming.ENDPOINT_FORWARD_BYTES,
@@ -365,13 +371,17 @@ class PacketParser:
             ]
             if self.settings.remote_context:
                 specs += [naming.REMOTE_FORWARD_PACKETS, naming.REMOTE_FORWARD_BYTES]
-        fams = [s.family(m.naming, ip_label=m.ip_label) for s in specs]
+        fams = [s.family(m.naming, ip_label=m.ip_label) for s in specs] + pairs
         fams += naming.map_gauges([])
         fams.append(overflow_packets([]))
         fams.append(self._unparsed())
         fams.append(series_dropped([]))
         fams += self._links.metrics() if self._links else attach_families({}, [])
         return fams
+
+    def _pair_shape(self, metrics: MetricsSettings) -> bool:
+        """Retina's remote-context shape: the pair map feeds the forward and flag names."""
+        return naming.retina_pair_shape(metrics.naming, remote_context=self.settings.remote_context)
 
     # --- for tests and diagnostics ----------------------------------------------------------
 

@@ -148,6 +148,9 @@ def endpoint_overflow(metrics: MetricsSettings) -> Callable[[Labels], Labels]:
 
 
 def remote_overflow(metrics: MetricsSettings) -> Callable[[Labels], Labels]:
+    if metrics.naming == "retina":  # Retina's shape: direction, source, destination
+        side = naming.pair_side_values(OVERFLOW_ENDPOINT, "")
+        return lambda labels: (labels[0], *side, *side)
     return _overflow_labels(2, metrics.ip_label)
 
 
@@ -216,18 +219,31 @@ def remote_records(
             lip, rip = _ip(key.local, key.family), _ip(key.remote, key.family)
             local = _endpoint_of(resolver, key.ifindex, lip, key.family, by_ifindex=on_container)
             remote = _endpoint_of(resolver, key.ifindex, rip, key.family, by_ifindex=False)
-        labels = (
-            direction_label(key.direction),
-            *naming.endpoint_label_values(local, lip, ip_label=ip_label),
-            *naming.endpoint_label_values(remote, rip, ip_label=ip_label),
-        )
+        direction = direction_label(key.direction)
+        if metrics.naming == "retina":
+            labels: Labels = naming.pair_label_values(
+                direction, naming.pair_side_values(local, lip), naming.pair_side_values(remote, rip)
+            )
+        else:
+            labels = (
+                direction,
+                *naming.endpoint_label_values(local, lip, ip_label=ip_label),
+                *naming.endpoint_label_values(remote, rip, ip_label=ip_label),
+            )
         live = _is_live(local) and _is_live(remote)
         records.append(Record(bytes(key), labels, traffic_values(value), live))
     return records
 
 
 def remote_families(totals: Mapping[Labels, Values], metrics: MetricsSettings) -> list[Metric]:
-    """Per (local endpoint, remote endpoint) forward series from the ledger's totals."""
+    """Per (local endpoint, remote endpoint) forward series from the ledger's totals.
+
+    In retina naming these are Retina's own remote-context series (exporter/naming.py,
+    ``retina_pair_shape``): adv_forward_count, adv_forward_bytes and adv_tcpflags_count
+    by direction, source and destination.
+    """
+    if metrics.naming == "retina":
+        return pair_families(totals)
     ip_label = metrics.ip_label
     packets = _family(naming.REMOTE_FORWARD_PACKETS, metrics, ip_label=ip_label)
     nbytes = _family(naming.REMOTE_FORWARD_BYTES, metrics, ip_label=ip_label)
@@ -235,6 +251,21 @@ def remote_families(totals: Mapping[Labels, Values], metrics: MetricsSettings) -
         packets.add_metric(list(labels), t[0])
         nbytes.add_metric(list(labels), t[1])
     return [packets, nbytes]
+
+
+def pair_families(totals: Mapping[Labels, Values]) -> list[Metric]:
+    """Retina's remote-context forward, byte and flag series from the pair totals."""
+    packets = naming.pair_family(naming.REMOTE_FORWARD_PACKETS)
+    nbytes = naming.pair_family(naming.REMOTE_FORWARD_BYTES)
+    flags = naming.pair_family(naming.ENDPOINT_TCP_FLAGS)
+    for labels, t in sorted(totals.items()):
+        direction, *sides = labels
+        packets.add_metric(list(labels), t[0])
+        nbytes.add_metric(list(labels), t[1])
+        for i, flag in enumerate(abi.TCP_FLAG_NAMES):
+            if t[2 + i]:
+                flags.add_metric([flag, direction, *sides], t[2 + i])
+    return [packets, nbytes, flags]
 
 
 def overflow_packets(

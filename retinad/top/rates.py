@@ -130,6 +130,10 @@ def build_report(before: Snapshot, now: Snapshot) -> Report:
 
     def endpoint(labels: Labels) -> tuple[str, str, str]:
         d = dict(labels)
+        if "source_podname" in d:  # Retina's remote-context shape: the local endpoint is
+            # the source of what it sends and the destination of what it receives
+            side = "destination_" if d.get("direction") == "ingress" else "source_"
+            return d[side + "namespace"], d[side + "podname"], d[side + "workload_kind"]
         return d.get(ep_labels[0], ""), d.get(ep_labels[1], ""), d.get(ep_labels[2], "")
 
     for labels, value in now.get(n.SCRAPE_SUCCESS).items():

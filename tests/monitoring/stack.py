@@ -10,7 +10,10 @@ stack stops, 10 rounds a second:
 * frontend -> web: 8 UDP datagrams to a sink on port 9, one TCP connection to a listener
   on 8080 (SYN, ACK, PSH, FIN) and one to closed port 81 (SYN answered by RST);
 * batch -> db: 1 UDP datagram to its sink, 2 to port 5000 that an iptables rule in db
-  drops (NETFILTER_DROP, ingress), one TCP connect to closed port 81.
+  drops (NETFILTER_DROP, ingress), one TCP connect to closed port 81;
+* frontend -> a second address in web's namespace that no resolver names (``stray``):
+  1 UDP datagram and one TCP connection to 8080, so unknown peers exist both ways
+  (Retina's pod-level dashboard shows them by address).
 
 So frontend leads batch on bytes and packets and db leads web on drops, each by 2x or
 more: robust to a loaded machine.
@@ -45,7 +48,7 @@ while True:
 
 SENDER = """
 import socket, sys, time
-web, db = sys.argv[1], sys.argv[2]
+web, db, stray = sys.argv[1], sys.argv[2], sys.argv[3]
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 def connect(ip, port, data):
     s = socket.socket(); s.settimeout(1)
@@ -63,6 +66,8 @@ while True:
     connect(web, 8080, b"GET / HTTP/1.0\\r\\n\\r\\n")
     connect(web, 81, b"")
     connect(db, 81, b"")
+    u.sendto(b"s" * 100, (stray, 9))
+    connect(stray, 8080, b"")
     time.sleep(0.1)
 """
 
@@ -74,6 +79,8 @@ class Stack:
     daemon: DaemonProcess
     web: VethLink
     db: VethLink
+    stray_ip: str
+    """An address in web's namespace that no resolver names."""
 
     @property
     def url(self) -> str:
@@ -91,7 +98,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(naming: str, port: int, web: VethLink, db: VethLink, extra: str = "") -> str:
+def config(
+    naming: str,
+    port: int,
+    web: VethLink,
+    db: VethLink,
+    extra: str = "",
+    *,
+    remote_context: bool = True,
+) -> str:
     return f"""
 [web]
 listen_address = ["127.0.0.1:{port}"]
@@ -101,7 +116,7 @@ mode = "advanced"
 naming = "{naming}"
 [packetparser]
 container_interfaces = false
-remote_context = true
+remote_context = {str(remote_context).lower()}
 [packetparser.interfaces]
 include = ["{web.host}", "{db.host}"]
 [resolvers]
@@ -134,7 +149,9 @@ workload_name = "db"
 
 
 @contextmanager
-def running_stack(naming: str, workdir: Path, web_extra: str = "") -> Iterator[Stack]:
+def running_stack(
+    naming: str, workdir: Path, web_extra: str = "", *, remote_context: bool = True
+) -> Iterator[Stack]:
     """retinad in ``naming`` with the traffic above flowing; everything removed after."""
     nets = [f"10.{100 + secrets.randbelow(150)}.{secrets.randbelow(256)}" for _ in "ab"]
     namespaces = [Netns(), Netns()]
@@ -147,17 +164,20 @@ def running_stack(naming: str, workdir: Path, web_extra: str = "") -> Iterator[S
             for ns, net in zip(namespaces, nets, strict=True)
         )
         db.ns.run("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5000", "-j", "DROP")
+        stray = web.peer_ip.rsplit(".", 1)[0] + ".3"
+        web.ns.run("ip", "addr", "add", f"{stray}/24", "dev", web.peer)
         for link in (web, db):
             procs.append(link.ns.popen([sys.executable, "-c", SINK]))
         port = _free_port()
         cfg = workdir / "retinad.toml"
-        cfg.write_text(config(naming, port, web, db, web_extra))
+        cfg.write_text(config(naming, port, web, db, web_extra, remote_context=remote_context))
         daemon = DaemonProcess(
             ["--config.file", str(cfg)], workdir=workdir, env={"NOTIFY_SOCKET": str(notify.path)}
         )
         notify.wait_for("READY=1", timeout=180)
-        procs.append(subprocess.Popen([sys.executable, "-c", SENDER, web.peer_ip, db.peer_ip]))
-        yield Stack(naming, port, daemon, web, db)
+        sender = [sys.executable, "-c", SENDER, web.peer_ip, db.peer_ip, stray]
+        procs.append(subprocess.Popen(sender))
+        yield Stack(naming, port, daemon, web, db, stray)
     finally:
         for p in procs:
             p.kill()

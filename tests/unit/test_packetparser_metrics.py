@@ -275,3 +275,45 @@ def test_counted_once_over_six_scrapes_with_an_owner_change_in_the_middle() -> N
     ep, _ = scrape()  # 6
     assert (ep[pk(a)], ep[pk(b)]) == (5, 7)
     assert (rpk(a), rpk(b)) == (5, 7)  # 7
+
+
+def pair(direction: str, src: tuple[str, ...], dst: tuple[str, ...], **extra: str) -> tuple:  # type: ignore[type-arg]
+    names = ("ip", "namespace", "podname", "workload_kind", "workload_name")
+    d = {"direction": direction, **extra}
+    d |= {f"source_{n}": v for n, v in zip(names, src, strict=True)}
+    d |= {f"destination_{n}": v for n, v in zip(names, dst, strict=True)}
+    return tuple(sorted(d.items()))
+
+
+def test_retina_remote_context_is_retinas_own_shape() -> None:
+    """Retina naming, remote context: adv_forward_count/bytes/tcpflags carry source_* and
+    destination_* (the local endpoint is the source of egress, the destination of ingress),
+    an unknown peer is "unknown" but for its address, and the cap's overflow keeps the shape."""
+    res = Tables({"192.0.2.1": HOST}, {7: WEB})
+    out = abi.RemoteKey(ifindex=7, direction=abi.DIR_EGRESS, family=abi.FAMILY_IPV4)
+    ctypes.memmove(out.local, addr16("10.0.0.5"), 16)
+    ctypes.memmove(out.remote, addr16("192.0.2.1"), 16)
+    into = abi.RemoteKey(ifindex=7, direction=abi.DIR_INGRESS, family=abi.FAMILY_IPV4)
+    ctypes.memmove(into.local, addr16("10.0.0.5"), 16)
+    ctypes.memmove(into.remote, addr16("198.51.100.9"), 16)
+    r = Reading(iface=[], remote=[(out, tv(4, 400, SYN=1)), (into, tv(3, 300))],
+                container_ifindexes=frozenset({7}))  # fmt: skip
+    web = ("10.0.0.5", "shop", "web-1", "container", "web")
+    host = ("192.0.2.1", "", "node", "host", "node")
+    unknown = ("198.51.100.9", "unknown", "unknown", "unknown", "unknown")
+    s = flat(remote_families(r, res, MetricsSettings(naming="retina")))
+    assert s == {
+        ("networkobservability_adv_forward_count", pair("egress", web, host)): 4,
+        ("networkobservability_adv_forward_bytes", pair("egress", web, host)): 400,
+        ("networkobservability_adv_tcpflags_count", pair("egress", web, host, flag="SYN")): 1,
+        ("networkobservability_adv_forward_count", pair("ingress", unknown, web)): 3,
+        ("networkobservability_adv_forward_bytes", pair("ingress", unknown, web)): 300,
+    }
+    # A cap of one label set (2 + 8 flag series each): the second pair goes to overflow.
+    m = MetricsSettings(naming="retina")
+    ledger = SeriesLedger(width=10, grace=300, cap=10, overflow=remote_overflow(m),
+                          take=lambda k: None, series_per_labels=2 + abi.TCP_NFLAGS)  # fmt: skip
+    capped = flat(_remote_families(ledger.update(remote_records(r, ResolverChain([res]), m)), m))
+    over = ("unknown", "", "overflow", "overflow", "overflow")
+    assert capped[("networkobservability_adv_forward_count", pair("ingress", over, over))] == 3
+    assert ledger.dropped == 1

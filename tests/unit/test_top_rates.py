@@ -73,6 +73,29 @@ def test_retina_naming_is_read_with_retinas_names_and_labels() -> None:
     assert [(e.key, e.bytes_out) for e in r.endpoints] == [("shop/web", 100.0)]
 
 
+def test_retina_remote_context_rows_are_the_local_side() -> None:
+    """Retina's remote-context shape: the local endpoint is the source of egress series and
+    the destination of ingress ones; two peers of one pod add up in its row."""
+    side = 'namespace="shop",{s}podname="{p}",{s}workload_kind="Pod",{s}workload_name="{p}"'
+
+    def pair(direction: str, src: str, dst: str, value: int) -> str:
+        s = side.format(s="source_", p=src).replace("namespace", "source_namespace", 1)
+        d = side.format(s="destination_", p=dst).replace("namespace", "destination_namespace", 1)
+        return (
+            f'networkobservability_adv_forward_bytes{{direction="{direction}",{s},{d}}} {value}\n'
+        )
+
+    before = pair("egress", "web", "db", 0) + pair("egress", "web", "cache", 0)
+    before += pair("ingress", "db", "web", 0)
+    after = pair("egress", "web", "db", 30) + pair("egress", "web", "cache", 30)
+    after += pair("ingress", "db", "web", 90)
+    r = build_report(parse(before, 0.0), parse(after, 3.0))
+    assert r.naming == "retina"
+    assert [(e.key, e.kind, e.bytes_in, e.bytes_out) for e in r.endpoints] == [
+        ("shop/web", "Pod", 30.0, 20.0)
+    ]
+
+
 def test_quantile_matches_prometheus_histogram_quantile() -> None:
     buckets = [(0.1, 10.0), (0.5, 30.0), (math.inf, 40.0)]
     assert quantile(0.5, buckets) == pytest.approx(0.1 + 0.4 * (20 - 10) / 20)
