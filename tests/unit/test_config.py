@@ -123,6 +123,33 @@ BAD_CONFIGS = [
         "TOML syntax error: Expected newline or end of document "
         "after a statement (at line 2, column 18)",
     ),
+    (
+        '[[latency.targets]]\nname = "db"\naddress = "10.0.3.7/24"\n',
+        '[latency.targets][0].address: 10.0.3.7/24 has host bits set, got "10.0.3.7/24"',
+    ),
+    (
+        '[[latency.targets]]\nname = "db"\naddress = "db.example"\n',
+        "[latency.targets][0].address: 'db.example' does not appear to be an IPv4 or IPv6 "
+        'network, got "db.example"',
+    ),
+    (
+        '[[latency.targets]]\nname = ""\naddress = "10.0.3.7"\n',
+        "[latency.targets][0].name: expected a non-empty name",
+    ),
+    (
+        '[[latency.targets]]\nname = "db"\naddress = "10.0.3.7"\nport = 65536\n',
+        "[latency.targets][0].port: expected an integer from 0 to 65535, got 65536",
+    ),
+    (
+        '[[latency.targets]]\nname = "a"\naddress = "10.0.3.7"\n'
+        '[[latency.targets]]\nname = "b"\naddress = "10.0.3.7/32"\n',
+        "[latency.targets][1].address: 10.0.3.7/32 port 0 is already given by [latency.targets][0]",
+    ),
+    ('[[latency.targets]]\nname = "db"\n', "[latency.targets][0].address: required key is missing"),
+    (
+        "[latency]\ntimeout_seconds = 0\n",
+        "[latency].timeout_seconds: expected an integer from 1 to 300, got 0",
+    ),
 ]
 
 
