@@ -355,9 +355,14 @@ def _check_cross_field(s: Settings, source: str) -> None:
 def ineffective_settings(s: Settings) -> list[str]:
     """Settings that change nothing in the chosen mode, one warning each (start, reload,
     check-config): an operator who set them expects something that will not happen."""
-    if s.metrics.mode != "basic":
-        return []
     out = []
+    if s.latency.targets and not s.packetparser.enabled:
+        out.append(
+            "[latency.targets] has no effect with [packetparser].enabled = false "
+            "(packetparser's programs measure latency)"
+        )
+    if s.metrics.mode != "basic":
+        return out
     basic = '[metrics].mode = "basic" (node-level series only)'
     if s.packetparser.remote_context:
         out.append(f"[packetparser].remote_context has no effect with {basic}")

@@ -366,6 +366,22 @@ def test_settings_without_effect_in_basic_mode_warn(
     ]
 
 
+def test_latency_targets_without_packetparser_warn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "retinad.toml"
+    target = '[[latency.targets]]\nname = "db"\naddress = "10.0.0.20"\n'
+    cfg.write_text("[packetparser]\nenabled = false\n" + target)
+    assert main(["check-config", str(cfg)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "retinad: warning: [latency.targets] has no effect with [packetparser].enabled = false "
+        "(packetparser's programs measure latency)"
+    ]
+    cfg.write_text(target)  # packetparser on: no warning
+    assert main(["check-config", str(cfg)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_check_reads_the_configured_docker_host(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
