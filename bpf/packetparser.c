@@ -106,7 +106,13 @@ struct pp_packet {
 };
 
 /* latency (bpf/latency.h): its maps and their accessors live here because bcc rewrites
- * map calls in the main source file only; the logic is in the header. */
+ * map calls in the main source file only; the logic is in the header. Compiled out
+ * (RETINAD_LATENCY 0: no maps, no per-packet work) when nothing can be a target: no
+ * [[latency.targets]] and no resolver that knows the API servers. */
+#ifndef RETINAD_LATENCY
+#define RETINAD_LATENCY 1
+#endif
+#if RETINAD_LATENCY
 #ifndef RETINAD_LAT_PENDING_ENTRIES
 #define RETINAD_LAT_PENDING_ENTRIES 16384
 #endif
@@ -151,6 +157,7 @@ static __always_inline __u32 lat_ntargets(void)
     __u32 *n = lat_config.lookup(&zero);
     return n ? *n : 0;
 }
+#endif /* RETINAD_LATENCY */
 
 /* What one frame adds to a traffic_value. */
 struct pp_delta {
@@ -374,8 +381,10 @@ static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int 
         return;
     }
 
+#if RETINAD_LATENCY
     if (pkt.is_tcp && pkt.has_l4)
         lat_observe(skb, &pkt, direction, host);
+#endif
 
     struct pp_delta d = {};
     __u32 segs = skb->gso_segs;

@@ -91,6 +91,18 @@ def trie_key(t: Target) -> abi.LatencyTargetKey:
     return k
 
 
+def knows_apiservers(resolver: object) -> bool:
+    """The resolver that names the API servers (the kubernetes resolver's method)."""
+    return callable(getattr(resolver, "apiserver_addresses", None))
+
+
+def wanted(settings: LatencySettings, resolvers: Iterable[object]) -> bool:
+    """Whether anything can be a target: configured ones, or the API servers (Kubernetes
+    mode). If not, packetparser compiles latency out (RETINAD_LATENCY 0): no maps, no
+    per-packet work. Both inputs change only on restart."""
+    return bool(settings.targets) or any(knows_apiservers(r) for r in resolvers)
+
+
 def bucket_bounds(unit: float) -> list[str]:
     """Upper bounds of the kernel's buckets as ``le`` strings, ``unit`` per nanosecond."""
     return [f"{e * unit:g}" for e in abi.LAT_EDGES_NS] + ["+Inf"]
@@ -163,15 +175,9 @@ class LatencyTracker:
         """In Kubernetes mode the API servers are the target "apiserver", kept current
         from the resolver that knows them (``apiserver_addresses()``: the kubernetes
         resolver); without one, nothing changes."""
-        found = False
-        addresses: list[tuple[Any, int]] = []
-        for r in resolvers:
-            get = getattr(r, "apiserver_addresses", None)
-            if get is not None:
-                found = True
-                addresses += get()
-        if found:
-            self.follow_apiservers(addresses)
+        known = [r for r in resolvers if knows_apiservers(r)]
+        if known:
+            self.follow_apiservers(a for r in known for a in r.apiserver_addresses())  # type: ignore[attr-defined]
 
     def follow_apiservers(self, addresses: Iterable[tuple[Any, int]]) -> None:
         """Make the API servers (address, port) the target "apiserver", next to the

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from retinad.config.schema import LatencySettings, MetricsSettings, PacketParserSettings
+from retinad.config.schema import MetricsSettings, PacketParserSettings
 from retinad.errors import PluginError, RetinadError
 from retinad.exporter import naming
 from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
@@ -86,14 +86,17 @@ class _KernelConfig:
     max_endpoints: int
     max_remote_flows: int
     attach_mode: str
+    latency: bool
     latency_timeout_seconds: int
     latency_pending: int
 
     @classmethod
-    def of(cls, s: PacketParserSettings, m: MetricsSettings, lat: LatencySettings) -> _KernelConfig:
+    def of(cls, s: PacketParserSettings, ctx: PluginContext) -> _KernelConfig:
+        m, lat = ctx.metrics, ctx.latency
         advanced = m.mode == "advanced"
         return cls(advanced, advanced and s.remote_context, s.max_endpoints,
-                   s.max_remote_flows, s.attach_mode, lat.timeout_seconds,
+                   s.max_remote_flows, s.attach_mode,
+                   latency.wanted(lat, ctx.resolver.resolvers), lat.timeout_seconds,
                    lat.max_pending)  # fmt: skip
 
 
@@ -120,7 +123,7 @@ class PacketParser:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        kc = _KernelConfig.of(self.settings, self.ctx.metrics, self.ctx.latency)
+        kc = _KernelConfig.of(self.settings, self.ctx)
         try:
             attacher = make_attacher(self.settings.attach_mode)
             self._load(kc)
@@ -160,7 +163,7 @@ class PacketParser:
         """Re-select interfaces; recompile only when a compiled-in setting changed."""
         old_settings, old_ctx = self.settings, self.ctx
         new_ctx = dataclasses.replace(self.ctx, metrics=metrics)
-        if _KernelConfig.of(settings, metrics, self.ctx.latency) == self._kernel:
+        if _KernelConfig.of(settings, new_ctx) == self._kernel:
             if metrics != old_ctx.metrics:  # label shapes changed: bind keys afresh
                 with self._read_lock:
                     self._ledgers = {n: self._new_ledger(n, metrics) for n in self._ledgers}
@@ -171,7 +174,7 @@ class PacketParser:
             self._log.info("reloaded: %s", self.status())
             return
         self._log.info("reload changes compiled-in settings: reloading the programs")
-        new_kc = _KernelConfig.of(settings, metrics, self.ctx.latency)
+        new_kc = _KernelConfig.of(settings, new_ctx)
         try:  # compile first (a new child): a failure leaves the running programs alone
             self._precompiled = (new_kc, self._compile(new_kc))
         except RetinadError as err:
@@ -212,6 +215,7 @@ class PacketParser:
             "RETINAD_IFACE_ENTRIES": IFACE_KEYS + OVERFLOW_SLOTS,
             "RETINAD_ENDPOINT_ENTRIES": kc.max_endpoints + OVERFLOW_SLOTS,
             "RETINAD_REMOTE_ENTRIES": kc.max_remote_flows + OVERFLOW_SLOTS,
+            "RETINAD_LATENCY": int(kc.latency),
             "RETINAD_LAT_TIMEOUT_NS": f"{kc.latency_timeout_seconds * 1_000_000_000}ULL",
             "RETINAD_LAT_PENDING_ENTRIES": kc.latency_pending,
         }
@@ -242,8 +246,9 @@ class PacketParser:
                 self._readers[name] = BatchReader(table, key_type, abi.TrafficValue, percpu=True)
                 if name != "pp_iface":
                     self._ledgers[name] = self._new_ledger(name, self.ctx.metrics)
-            self._latency = latency.LatencyTracker(self._bpf.maps, self.ctx.latency, self._log)
-            self._latency.start(self.ctx.resolver.resolvers)
+            if kc.latency:
+                self._latency = latency.LatencyTracker(self._bpf.maps, self.ctx.latency, self._log)
+                self._latency.start(self.ctx.resolver.resolvers)
 
     def _new_ledger(self, name: str, metrics: MetricsSettings) -> SeriesLedger:
         reader = self._readers[name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from retinad.config.schema import (
     MetricsSettings,
     PacketParserSettings,
 )
+from retinad.kernel import bpf_syscall
 from retinad.kernel.compile import find_bpf_dir
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser import PacketParser
@@ -239,3 +241,38 @@ def test_a_target_connecting_in_is_measured_as_ingress(lab: Lab) -> None:
     assert buckets(smp, HANDSHAKE, **inbound) == expect(2, "0.02")
     assert value(smp, HANDSHAKE + "_count", target="caller", direction="egress") == 0
     assert value(smp, REQUEST + "_count", **inbound) == 2
+
+
+def map_names(ids: set[int]) -> set[str]:
+    """The kernel's names of these maps (those freed meanwhile are skipped)."""
+    names = set()
+    for map_id in ids:
+        try:
+            fd = bpf_syscall.map_fd_by_id(map_id)
+        except OSError:
+            continue
+        try:
+            names.add(bpf_syscall.map_info(fd).name)
+        finally:
+            os.close(fd)
+    return names
+
+
+def test_latency_is_compiled_out_when_nothing_can_be_a_target(lab: Lab) -> None:
+    """No [[latency.targets]] and no resolver that knows the API servers: the programs
+    carry no latency maps and no per-packet latency work; the families stay empty."""
+    before = set(bpf_syscall.map_ids())
+    plugin = started(plugin_for([]))
+    try:
+        created = map_names(set(bpf_syscall.map_ids()) - before)
+        (port,) = (int(p) for p in lab.start(lab.server, SERVER, "0").split())
+        assert lab.connect(port, "a") == "ok"
+        smp = samples(plugin.collect())
+    finally:
+        plugin.stop()
+    assert {"pp_iface", "pp_endpoint", "pp_unparsed"} <= created
+    assert {n for n in created if n.startswith("lat_")} == set()
+    assert ("retinad_map_capacity", (("map", "latency_pending"),)) not in smp
+    assert not [name for name, _ in smp if "latency" in name or name == NO_RESPONSE]
+    # the packets were counted as ever: endpoint keys beyond the two overflow keys
+    assert value(smp, "retinad_map_entries", map="packetparser_endpoint") > 2
