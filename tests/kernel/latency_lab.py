@@ -44,10 +44,8 @@ def talk(c, delay):
         time.sleep(delay)
         c.sendall(b"answer:" + data)
 ports = []
-for delay in sys.argv[1:]:
-    s = socket.socket()
-    s.bind(("0.0.0.0", 0))
-    s.listen(16)
+for delay in sys.argv[1:]:  # IPv4 and IPv6 on one port
+    s = socket.create_server(("::", 0), family=socket.AF_INET6, backlog=16, dualstack_ipv6=True)
     ports.append(s.getsockname()[1])
     threading.Thread(target=serve, args=(s, float(delay)), daemon=True).start()
 print(" ".join(map(str, ports)), flush=True)
@@ -126,19 +124,24 @@ class Lab:
 @contextmanager
 def latency_lab() -> Iterator[Lab]:
     """A private "host" namespace (the calling thread runs in it until the end) routing
-    between a client (10.79.1.2) and a server (10.79.2.2) namespace, each behind a veth
-    the plugin attaches to as a container's."""
+    between a client (10.79.1.2, fd79:1::2) and a server (10.79.2.2, fd79:2::2)
+    namespace, each behind a veth the plugin attaches to as a container's."""
     host = Netns()
     made = [host]
     try:
         with inside(host):
             sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            sh("sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
             client, server = Netns(), Netns()
             made += [client, server]
-            veth_to(client, host_ip="10.79.1.1", peer_ip="10.79.1.2")
-            veth_to(server, host_ip="10.79.2.1", peer_ip="10.79.2.2")
-            client.run("ip", "route", "add", "default", "via", "10.79.1.1")
-            server.run("ip", "route", "add", "default", "via", "10.79.2.1")
+            veth_to(client, host_ip="10.79.1.1", peer_ip="10.79.1.2",
+                    host_ip6="fd79:1::1", peer_ip6="fd79:1::2")  # fmt: skip
+            veth_to(server, host_ip="10.79.2.1", peer_ip="10.79.2.2",
+                    host_ip6="fd79:2::1", peer_ip6="fd79:2::2")  # fmt: skip
+            for ns, gw, gw6 in ((client, "10.79.1.1", "fd79:1::1"),
+                                (server, "10.79.2.1", "fd79:2::1")):  # fmt: skip
+                ns.run("ip", "route", "add", "default", "via", gw)
+                ns.run("ip", "-6", "route", "add", "default", "via", gw6)
             lab = Lab(host, client, server, "10.79.2.2")
             try:
                 yield lab

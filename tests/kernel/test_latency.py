@@ -171,6 +171,29 @@ def test_request_answered_after_50ms_and_1300ms(lab: Lab) -> None:
     assert value(smp, NO_RESPONSE, target="api", stage="request") == 0
 
 
+def test_ipv6_requests_and_handshakes_to_a_v6_network(lab: Lab) -> None:
+    """The same over IPv6: the target is a /64, the payload length comes from the IPv6
+    header; an IPv4 connection to the same server is no sample of it."""
+    (port,) = (int(p) for p in lab.start(lab.server, SERVER, "0.05").split())
+    plugin = plugin_for([LatencyTarget("v6", "fd79:2::/64")])
+    started(plugin)
+    try:
+        out = (
+            lab.client.run(sys.executable, "-c", CLIENT, "fd79:2::2", str(port), "5", "a", "b")
+            .stdout.decode()
+            .strip()
+        )
+        assert out == "ok"
+        assert lab.connect(port, "v4") == "ok"  # 10.79.2.2: not in the v6 target
+        smp = samples(plugin.collect())
+    finally:
+        plugin.stop()
+    labels = {"target": "v6", "direction": "egress"}
+    assert value(smp, HANDSHAKE + "_count", **labels) == 1
+    assert buckets(smp, REQUEST, **labels) == expect(2, "0.05")
+    assert value(smp, NO_RESPONSE, target="v6", stage="request") == 0
+
+
 class ApiServers(StaticResolver):
     """A resolver that knows the API servers, as the kubernetes resolver does (same
     method, same shape: (address, port) pairs)."""
