@@ -97,7 +97,67 @@ struct pp_packet {
     __u8 has_l4;    /* 0 for a non-first fragment */
     __u8 tcp_flags; /* header byte 13 */
     __u32 hdr_len;  /* L2 + L3 + L4 header bytes: replicated in each GSO segment */
+    __u32 l4_off;   /* where the TCP/UDP header starts (latency) */
+    __u32 l3_end;   /* where the IP packet ends, before any link padding (latency) */
+    __u8 l4proto;   /* IPPROTO_* of the L4 header, 0 when not parsed (flow events) */
+    __u8 pad[3];
+    __be16 sport;   /* network order; 0 unless TCP/UDP with its header (flow events) */
+    __be16 dport;
 };
+
+/* latency (bpf/latency.h): its maps and their accessors live here because bcc rewrites
+ * map calls in the main source file only; the logic is in the header. Compiled out
+ * (RETINAD_LATENCY 0: no maps, no per-packet work) when nothing can be a target: no
+ * [[latency.targets]] and no resolver that knows the API servers. */
+#ifndef RETINAD_LATENCY
+#define RETINAD_LATENCY 1
+#endif
+#if RETINAD_LATENCY
+#ifndef RETINAD_LAT_PENDING_ENTRIES
+#define RETINAD_LAT_PENDING_ENTRIES 16384
+#endif
+BPF_LPM_TRIE(lat_targets, struct latency_target_key, __u32, RETINAD_LAT_MAX_PREFIXES);
+BPF_TABLE("lru_hash", struct latency_conn_key, struct latency_pending, lat_pending,
+          RETINAD_LAT_PENDING_ENTRIES);
+BPF_TABLE("lru_hash", struct latency_conn_key, __u32, lat_expired, RETINAD_LAT_PENDING_ENTRIES);
+BPF_PERCPU_ARRAY(lat_hist, struct latency_hist, RETINAD_LAT_SLOTS);
+BPF_ARRAY(lat_config, __u32, 1); /* [0]: trie entries; 0 skips all latency work */
+#include "latency.h"
+static __always_inline __u32 *lat_targets_lookup(struct latency_target_key *k)
+{
+    return lat_targets.lookup(k);
+}
+static __always_inline struct latency_pending *lat_pending_lookup(struct latency_conn_key *k)
+{
+    return lat_pending.lookup(k);
+}
+static __always_inline int lat_pending_insert(struct latency_conn_key *k, struct latency_pending *v)
+{
+    return lat_pending.insert(k, v);
+}
+static __always_inline int lat_pending_update(struct latency_conn_key *k, struct latency_pending *v)
+{
+    return lat_pending.update(k, v);
+}
+static __always_inline int lat_pending_delete(struct latency_conn_key *k)
+{
+    return lat_pending.delete(k);
+}
+static __always_inline __u32 *lat_expired_lookup(struct latency_conn_key *k)
+{
+    return lat_expired.lookup(k);
+}
+static __always_inline struct latency_hist *lat_hist_lookup(int slot)
+{
+    return lat_hist.lookup(&slot);
+}
+static __always_inline __u32 lat_ntargets(void)
+{
+    int zero = 0;
+    __u32 *n = lat_config.lookup(&zero);
+    return n ? *n : 0;
+}
+#endif /* RETINAD_LATENCY */
 
 /* What one frame adds to a traffic_value. */
 struct pp_delta {
@@ -147,6 +207,8 @@ static __always_inline int pp_parse_ipv4(struct __sk_buff *skb, __u32 *off, __u8
     __builtin_memcpy(&pkt->dst[12], &ip[16], 4);
     *l4proto = ip[9];
     *off = l4off;
+    __u32 tot = (__u32)ip[2] << 8 | ip[3]; /* 0 for a GSO packet beyond 64 KiB */
+    pkt->l3_end = tot ? l4off - ihl * 4 + tot : skb->len;
     return 0;
 }
 
@@ -187,6 +249,8 @@ static __always_inline int pp_parse_ipv6(struct __sk_buff *skb, __u32 *off, __u8
     if (skb->len < o) /* the chain claims more than the frame holds */
         return -PP_TRUNC;
     *l4proto = next;
+    __u32 plen = (__u32)ip6[4] << 8 | ip6[5]; /* 0 for a jumbogram / BIG TCP */
+    pkt->l3_end = plen ? *off + 40 + plen : skb->len;
     *off = o;
     return 0;
 }
@@ -223,6 +287,7 @@ static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt
         return PP_NOT_L4;
     }
     pkt->is_tcp = l4proto == PP_IPPROTO_TCP;
+    pkt->l4_off = off;
     if (!pkt->has_l4) {
         pkt->hdr_len = off;
         return 0;
@@ -315,6 +380,11 @@ static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int 
             *n += 1;
         return;
     }
+
+#if RETINAD_LATENCY
+    if (pkt.is_tcp && pkt.has_l4)
+        lat_observe(skb, &pkt, direction, host);
+#endif
 
     struct pp_delta d = {};
     __u32 segs = skb->gso_segs;

@@ -96,4 +96,59 @@ struct drop_value {
     __u64 bytes;
 };
 
+/* ---- latency ---- */
+
+/* latency (bpf/latency.h): handshake and request latency to configured targets.
+ * Histogram bucket upper bounds: 1-2-3-5 per decade from 100 us to 10 s (each bound at
+ * most twice the one before: log2 or finer), listed in lat_bucket() (latency.h) and
+ * LAT_EDGES_NS (abi.py); slot RETINAD_LAT_NEDGES is +Inf. */
+#define RETINAD_LAT_NEDGES 21
+#define RETINAD_LAT_NBUCKETS (RETINAD_LAT_NEDGES + 1)
+#define RETINAD_LAT_MAX_TARGETS 256   /* distinct target names */
+#define RETINAD_LAT_MAX_PREFIXES 1024 /* address/port entries of the target trie */
+#define RETINAD_LAT_STAGE_HANDSHAKE 0 /* SYN -> SYN-ACK */
+#define RETINAD_LAT_STAGE_REQUEST 1   /* first payload out -> first payload back */
+#define RETINAD_LAT_STAGE_CONN 2      /* key of an established connection's orientation */
+#define RETINAD_LAT_NSTAGES 2         /* stages with a histogram */
+#define RETINAD_LAT_SLOT(target, stage, dir) \
+    (((target) * RETINAD_LAT_NSTAGES + (stage)) * 2 + ((dir) == RETINAD_DIR_EGRESS ? 1 : 0))
+#define RETINAD_LAT_SLOTS (RETINAD_LAT_MAX_TARGETS * RETINAD_LAT_NSTAGES * 2)
+
+/* latency: one entry of the target LPM trie. The matched data is port then address
+ * (IPv4 as IPv4-mapped IPv6), so prefixlen = 16 + address prefix bits (+ 96 for IPv4);
+ * port 0 stands for any port and is looked up second. */
+struct latency_target_key {
+    __u32 prefixlen;
+    __u8 port[2]; /* server port, network byte order; 0 = any */
+    __u8 addr[16];
+    __u8 pad[2];
+};
+
+/* latency: one connection in one stage, oriented client -> server. */
+struct latency_conn_key {
+    __u8 client[16];
+    __u8 server[16];
+    __u16 client_port; /* host byte order */
+    __u16 server_port;
+    __u8 stage; /* RETINAD_LAT_STAGE_* */
+    __u8 pad[3];
+};
+
+/* latency: a SYN or request waiting for its answer (or, stage CONN, an established
+ * connection to a target). */
+struct latency_pending {
+    __u64 start_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    __u32 seq;      /* TCP sequence number of the SYN / request: a retransmission repeats it */
+    __u16 target;   /* target id: index of its histogram slots */
+    __u8 direction; /* direction of the SYN from the endpoint: EGRESS = it connected out */
+    __u8 pad;
+};
+
+/* latency: histogram of one (target, stage, direction), per CPU. */
+struct latency_hist {
+    __u64 buckets[RETINAD_LAT_NBUCKETS]; /* not cumulative */
+    __u64 sum_ns;
+    __u64 no_response; /* answered only after the timeout */
+};
+
 #endif /* RETINAD_H */

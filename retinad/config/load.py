@@ -31,6 +31,10 @@ from retinad.errors import ConfigError
 DEFAULT_CONFIG_PATH = "/etc/retinad/retinad.toml"
 KNOWN_RESOLVERS = RESOLVER_NAMES
 """Resolver names [resolvers].order accepts in this release (schema.RESOLVER_NAMES)."""
+MAX_LATENCY_TARGETS = 256
+"""RETINAD_LAT_MAX_TARGETS (bpf/retinad.h): distinct target names, "apiserver" included."""
+MAX_LATENCY_PREFIXES = 1024
+"""RETINAD_LAT_MAX_PREFIXES: entries of the kernel's target trie."""
 
 T = TypeVar("T")
 
@@ -313,7 +317,37 @@ def _check_cross_field(s: Settings, source: str) -> None:
                 f"{source}: [resolvers.containerd].namespaces: expected at least one namespace"
             )
 
+    def latency_targets() -> None:
+        seen: dict[tuple[str, int], int] = {}
+        names: set[str] = set()
+        for i, t in enumerate(s.latency.targets):
+            where = f"{source}: [latency.targets][{i}]"
+            if not t.name:
+                raise ConfigError(f"{where}.name: expected a non-empty name")
+            try:
+                net = ipaddress.ip_network(t.address, strict=True)
+            except ValueError as err:
+                raise ConfigError(f"{where}.address: {err}, got {_show(t.address)}") from None
+            if (str(net), t.port) in seen:
+                raise ConfigError(
+                    f"{where}.address: {net} port {t.port} is already given by "
+                    f"[latency.targets][{seen[(str(net), t.port)]}]"
+                )
+            seen[(str(net), t.port)] = i
+            names.add(t.name)
+        if len(seen) > MAX_LATENCY_PREFIXES - 16:
+            raise ConfigError(
+                f"{source}: [latency.targets]: at most {MAX_LATENCY_PREFIXES - 16} entries "
+                f"(16 stay free for the API server), got {len(seen)}"
+            )
+        if len(names) > MAX_LATENCY_TARGETS - 1:
+            raise ConfigError(
+                f"{source}: [latency.targets]: at most {MAX_LATENCY_TARGETS - 1} distinct "
+                f"names, got {len(names)}"
+            )
+
     checks += [web, interfaces, events, resolvers, static_endpoints, resolver_addresses]
+    checks.append(latency_targets)
     for check in checks:
         check()
 
@@ -321,9 +355,14 @@ def _check_cross_field(s: Settings, source: str) -> None:
 def ineffective_settings(s: Settings) -> list[str]:
     """Settings that change nothing in the chosen mode, one warning each (start, reload,
     check-config): an operator who set them expects something that will not happen."""
-    if s.metrics.mode != "basic":
-        return []
     out = []
+    if s.latency.targets and not s.packetparser.enabled:
+        out.append(
+            "[latency.targets] has no effect with [packetparser].enabled = false "
+            "(packetparser's programs measure latency)"
+        )
+    if s.metrics.mode != "basic":
+        return out
     basic = '[metrics].mode = "basic" (node-level series only)'
     if s.packetparser.remote_context:
         out.append(f"[packetparser].remote_context has no effect with {basic}")

@@ -207,6 +207,33 @@ class ResolverSettings:
 
 
 @dataclass(frozen=True)
+class LatencyTarget:
+    """One ``[[latency.targets]]`` entry: an upstream whose latency is measured."""
+
+    name: str
+    """The ``target`` label. Several entries may share a name (one target, many
+    addresses); "apiserver" is also Retina's name for the API server."""
+    address: str
+    """IPv4 or IPv6 address or network ("10.0.0.10", "10.0.0.0/24", "fd00::/64")."""
+    port: int = _bounded(0, 0, 65535)
+    """The server port of measured connections; 0 for any port."""
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """``[latency]``: handshake and request latency to targets, measured in the kernel
+    by packetparser's programs (packetparser must be enabled)."""
+
+    timeout_seconds: int = _bounded(5, 1, 300)
+    """A SYN or request unanswered this long counts once in retinad_no_response_total."""
+    max_pending: int = _bounded(16384, 64, 1 << 20)
+    """Capacity of the LRU map of SYNs and requests waiting for an answer (and of
+    measured connections); the least recently used entry is evicted when full."""
+    targets: list[LatencyTarget] = field(default_factory=list)
+    """Empty: nothing is measured (in Kubernetes mode the API server still is)."""
+
+
+@dataclass(frozen=True)
 class LogSettings:
     """``[log]``: node_exporter's --log.level and --log.format."""
 
@@ -223,4 +250,5 @@ class Settings:
     packetparser: PacketParserSettings = field(default_factory=PacketParserSettings)
     dropreason: DropReasonSettings = field(default_factory=DropReasonSettings)
     resolvers: ResolverSettings = field(default_factory=ResolverSettings)
+    latency: LatencySettings = field(default_factory=LatencySettings)
     log: LogSettings = field(default_factory=LogSettings)

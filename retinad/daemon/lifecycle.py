@@ -181,6 +181,7 @@ class Daemon:
             bpf_dir=self._bpf_dir,
             logger=self._log.getChild(spec.name),
             series=self.settings.resolvers,
+            latency=self.settings.latency,
         )
         plugin = spec.factory()(spec.section(settings), ctx)
         try:
@@ -272,6 +273,8 @@ class Daemon:
             self._log.warning("reload: %s", warning)
         if _usable(new).resolvers != _usable(old).resolvers:
             self._log.warning("reload: [resolvers] changes take effect on restart")
+        if new.latency != old.latency:  # packetparser reads it from its context at start
+            self._log.warning("reload: [latency] changes take effect on restart")
         for spec in PLUGINS:
             section = self._reload_plugin(spec, new)
             applied = dataclasses.replace(applied, **{spec.name: section})

@@ -105,3 +105,78 @@ def decode_addr(raw: bytes | ctypes.Array[ctypes.c_uint8], family: int) -> str:
     if family == FAMILY_IPV4:
         return str(ipaddress.IPv4Address(b[12:16]))
     return str(ipaddress.IPv6Address(b))
+
+
+# ---- latency (bpf/retinad.h "---- latency ----") ----
+
+LAT_EDGES_NS = (
+    100_000, 200_000, 300_000, 500_000,
+    1_000_000, 2_000_000, 3_000_000, 5_000_000,
+    10_000_000, 20_000_000, 30_000_000, 50_000_000,
+    100_000_000, 200_000_000, 300_000_000, 500_000_000,
+    1_000_000_000, 2_000_000_000, 3_000_000_000, 5_000_000_000,
+    10_000_000_000,
+)  # fmt: skip
+"""Histogram bucket upper bounds (ns), as lat_bucket() in bpf/latency.h compares them."""
+LAT_NBUCKETS = len(LAT_EDGES_NS) + 1
+"""RETINAD_LAT_NBUCKETS: the last bucket is +Inf."""
+LAT_MAX_TARGETS = 256
+LAT_MAX_PREFIXES = 1024
+LAT_STAGE_HANDSHAKE = 0
+LAT_STAGE_REQUEST = 1
+LAT_STAGE_CONN = 2
+LAT_STAGE_NAMES = ("handshake", "request")
+"""RETINAD_LAT_STAGE_* with a histogram, in order (the ``stage`` label)."""
+
+
+def latency_slot(target: int, stage: int, direction: int) -> int:
+    """RETINAD_LAT_SLOT: the index into the lat_hist per-CPU array."""
+    return (target * len(LAT_STAGE_NAMES) + stage) * 2 + int(direction == DIR_EGRESS)
+
+
+class LatencyTargetKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("port", ctypes.c_uint8 * 2),
+        ("addr", Addr16),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class LatencyConnKey(ctypes.Structure):
+    _fields_ = [
+        ("client", Addr16),
+        ("server", Addr16),
+        ("client_port", ctypes.c_uint16),
+        ("server_port", ctypes.c_uint16),
+        ("stage", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class LatencyPending(ctypes.Structure):
+    _fields_ = [
+        ("start_ns", ctypes.c_uint64),
+        ("seq", ctypes.c_uint32),
+        ("target", ctypes.c_uint16),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class LatencyHist(ctypes.Structure):
+    _fields_ = [
+        ("buckets", ctypes.c_uint64 * LAT_NBUCKETS),
+        ("sum_ns", ctypes.c_uint64),
+        ("no_response", ctypes.c_uint64),
+    ]
+
+
+ABI_STRUCTS.update(
+    {
+        "latency_target_key": LatencyTargetKey,
+        "latency_conn_key": LatencyConnKey,
+        "latency_pending": LatencyPending,
+        "latency_hist": LatencyHist,
+    }
+)

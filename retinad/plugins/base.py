@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from retinad.config.schema import MetricsSettings, ResolverSettings
+from retinad.config.schema import LatencySettings, MetricsSettings, ResolverSettings
 from retinad.resolvers.base import ResolverChain
 
 
@@ -36,6 +36,8 @@ class PluginContext:
     """Already named ``retinad.<plugin>``."""
     series: ResolverSettings = field(default_factory=ResolverSettings)
     """Series hygiene: grace_period_seconds and max_endpoint_series."""
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    """``[latency]``: targets and timeout, measured by packetparser's programs."""
 
 
 class Plugin(Protocol):

@@ -34,6 +34,7 @@ from retinad.kernel.interfaces import LinkInfo, Role
 from retinad.kernel.loader import PROG_SCHED_CLS, LoadedObject
 from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader, percpu_u64_sums
+from retinad.plugins import latency
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser_links import (
     PROGRAM_NAMES,
@@ -86,12 +87,18 @@ class _KernelConfig:
     max_endpoints: int
     max_remote_flows: int
     attach_mode: str
+    latency: bool
+    latency_timeout_seconds: int
+    latency_pending: int
 
     @classmethod
-    def of(cls, s: PacketParserSettings, m: MetricsSettings) -> _KernelConfig:
+    def of(cls, s: PacketParserSettings, ctx: PluginContext) -> _KernelConfig:
+        m, lat = ctx.metrics, ctx.latency
         advanced = m.mode == "advanced"
         return cls(advanced, advanced and s.remote_context, s.max_endpoints,
-                   s.max_remote_flows, s.attach_mode)  # fmt: skip
+                   s.max_remote_flows, s.attach_mode,
+                   latency.wanted(lat, ctx.resolver.resolvers), lat.timeout_seconds,
+                   lat.max_pending)  # fmt: skip
 
 
 class PacketParser:
@@ -112,11 +119,12 @@ class PacketParser:
         self._ledgers: dict[str, SeriesLedger] = {}
         self._sweeper: Sweeper | None = None
         self._cap_warned_at: dict[str, float] = {}
+        self._latency: latency.LatencyTracker | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        kc = _KernelConfig.of(self.settings, self.ctx.metrics)
+        kc = _KernelConfig.of(self.settings, self.ctx)
         try:
             attacher = make_attacher(self.settings.attach_mode)
             self._load(kc)
@@ -143,6 +151,7 @@ class PacketParser:
         if self._links is not None:
             self._links.stop()
         with self._read_lock:
+            self._latency = None
             self._readers.clear()
             self._ledgers.clear()
             self._programs.clear()
@@ -155,7 +164,7 @@ class PacketParser:
         """Re-select interfaces; recompile only when a compiled-in setting changed."""
         old_settings, old_ctx = self.settings, self.ctx
         new_ctx = dataclasses.replace(self.ctx, metrics=metrics)
-        if _KernelConfig.of(settings, metrics) == self._kernel:
+        if _KernelConfig.of(settings, new_ctx) == self._kernel:
             if metrics != old_ctx.metrics:  # label shapes changed: bind keys afresh
                 with self._read_lock:
                     self._ledgers = {n: self._new_ledger(n, metrics) for n in self._ledgers}
@@ -166,7 +175,7 @@ class PacketParser:
             self._log.info("reloaded: %s", self.status())
             return
         self._log.info("reload changes compiled-in settings: reloading the programs")
-        new_kc = _KernelConfig.of(settings, metrics)
+        new_kc = _KernelConfig.of(settings, new_ctx)
         try:  # compile first (a new child): a failure leaves the running programs alone
             self._precompiled = (new_kc, self._compile(new_kc))
         except RetinadError as err:
@@ -201,12 +210,15 @@ class PacketParser:
 
     def _compile(self, kc: _KernelConfig) -> LoadedObject:
         """Compile and load the programs in a child (kernel/loader.py); nothing attached."""
-        defines = {
+        defines: dict[str, int | str] = {
             "RETINAD_ADVANCED": int(kc.advanced),
             "RETINAD_REMOTE_CONTEXT": int(kc.remote),
             "RETINAD_IFACE_ENTRIES": IFACE_KEYS + OVERFLOW_SLOTS,
             "RETINAD_ENDPOINT_ENTRIES": kc.max_endpoints + OVERFLOW_SLOTS,
             "RETINAD_REMOTE_ENTRIES": kc.max_remote_flows + OVERFLOW_SLOTS,
+            "RETINAD_LATENCY": int(kc.latency),
+            "RETINAD_LAT_TIMEOUT_NS": f"{kc.latency_timeout_seconds * 1_000_000_000}ULL",
+            "RETINAD_LAT_PENDING_ENTRIES": kc.latency_pending,
         }
         wanted = dict.fromkeys(PROGRAM_NAMES, PROG_SCHED_CLS)
         return load_program(self.ctx.bpf_dir.resolve(), SOURCE, defines, wanted)
@@ -235,6 +247,9 @@ class PacketParser:
                 self._readers[name] = BatchReader(table, key_type, abi.TrafficValue, percpu=True)
                 if name != "pp_iface":
                     self._ledgers[name] = self._new_ledger(name, self.ctx.metrics)
+            if kc.latency:
+                self._latency = latency.LatencyTracker(self._bpf.maps, self.ctx.latency, self._log)
+                self._latency.start(self.ctx.resolver.resolvers)
 
     def _new_ledger(self, name: str, metrics: MetricsSettings) -> SeriesLedger:
         reader = self._readers[name]
@@ -342,6 +357,10 @@ class PacketParser:
             yield from endpoint_families(totals["pp_endpoint"], metrics)
         if "pp_remote" in totals:
             yield from remote_families(totals["pp_remote"], metrics)
+        with self._read_lock:
+            tracker = self._latency
+            lat = tracker.collect(metrics.naming, self.ctx.resolver.resolvers) if tracker else []
+        yield from lat
         yield from self._self_metrics(data)
 
     def _self_metrics(self, data: dict[str, list[tuple[Any, abi.TrafficValue]]]) -> list[Metric]:
@@ -350,6 +369,8 @@ class PacketParser:
             for name, r in self._readers.items()
             if name in data
         ]
+        if self._latency is not None:
+            triples += self._latency.map_triples()
         out = naming.map_gauges(triples)
         out.append(overflow_packets((MAP_LABELS[n], recs) for n, recs in data.items()))
         out.append(self._unparsed())
@@ -372,6 +393,7 @@ class PacketParser:
             if self.settings.remote_context:
                 specs += [naming.REMOTE_FORWARD_PACKETS, naming.REMOTE_FORWARD_BYTES]
         fams = [s.family(m.naming, ip_label=m.ip_label) for s in specs] + pairs
+        fams += latency.empty_families(m.naming)
         fams += naming.map_gauges([])
         fams.append(overflow_packets([]))
         fams.append(self._unparsed())

@@ -15,6 +15,9 @@ import pytest
 from tests.daemon_proc import DaemonProcess, NotifySocket, http_get, wait_for
 
 HEAVY = ("libbcc", "libLLVM", "libclang", "libbpfcc")
+LATENCY = '[[latency.targets]]\nname = "testnet"\naddress = "192.0.2.0/24"\n'
+"""Latency on (a target in TEST-NET-1, which nothing here reaches): its maps are read by
+bpf(2) in the daemon too."""
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def test_the_daemon_maps_no_bcc_or_llvm_before_and_after_a_recompiling_reload(
     tmp_path: Path, notify: NotifySocket, free_port: int
 ) -> None:
     cfg = tmp_path / "retinad.toml"
-    cfg.write_text('[metrics]\nmode = "basic"\n')
+    cfg.write_text('[metrics]\nmode = "basic"\n' + LATENCY)
     args = ["--web.listen-address", f"127.0.0.1:{free_port}", "--config.file", str(cfg)]
     d = DaemonProcess(args, workdir=tmp_path, env={"NOTIFY_SOCKET": str(notify.path)})
     try:
@@ -44,9 +47,12 @@ def test_the_daemon_maps_no_bcc_or_llvm_before_and_after_a_recompiling_reload(
         assert status == 200
         for collector in ("packetparser", "dropreason"):
             assert f'retinad_scrape_collector_success{{collector="{collector}"}} 1.0' in body
+        assert 'retinad_map_capacity{map="latency_pending"} 16384.0' in body
+        lat = 'retinad_handshake_latency_seconds_count{direction="egress",target="testnet"} 0.0'
+        assert lat in body
 
         # advanced mode is compiled in: both plugins need new programs, so new children.
-        cfg.write_text('[metrics]\nmode = "advanced"\n')
+        cfg.write_text('[metrics]\nmode = "advanced"\n' + LATENCY)
         d.signal(signal.SIGHUP)
         wait_for(lambda: "reloaded:" in d.log or None, timeout=120, what="reload")
 
@@ -54,7 +60,8 @@ def test_the_daemon_maps_no_bcc_or_llvm_before_and_after_a_recompiling_reload(
             _, text = http_get(f"http://127.0.0.1:{free_port}/metrics")
             return text if 'retinad_map_entries{map="packetparser_endpoint"}' in text else None
 
-        wait_for(advanced_series, timeout=60, what="metrics after reload")
+        text = wait_for(advanced_series, timeout=60, what="metrics after reload")
+        assert lat in text  # the recompiled programs' latency maps, read the same way
         assert mapped_heavy_libraries(d.proc.pid) == []
         # Vanishing veths of other workloads log warnings; the reload itself must not fail.
         errors = [ln for ln in d.log.splitlines() if "level=error" in ln or "Traceback" in ln]

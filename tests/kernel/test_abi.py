@@ -44,6 +44,11 @@ def layout(t: type[ctypes.Structure]) -> tuple[int, list[tuple[str, int, int]]]:
         ("pp_endpoint", "sLeaf", abi.TrafficValue),
         ("pp_remote", "Key", abi.RemoteKey),
         ("pp_remote", "sLeaf", abi.TrafficValue),
+        ("lat_targets", "Key", abi.LatencyTargetKey),
+        ("lat_pending", "Key", abi.LatencyConnKey),
+        ("lat_pending", "Leaf", abi.LatencyPending),
+        ("lat_expired", "Key", abi.LatencyConnKey),
+        ("lat_hist", "sLeaf", abi.LatencyHist),
     ],
 )
 def test_mirror_matches_bcc_layout(bpf: Any, table: str, side: str, mirror: Any) -> None:
@@ -54,3 +59,9 @@ def test_mirror_matches_bcc_layout(bpf: Any, table: str, side: str, mirror: Any)
 def test_traffic_value_is_a_whole_number_of_words() -> None:
     """BatchReader sums per-CPU values as u64 words; the kernel pads per-CPU values to 8."""
     assert ctypes.sizeof(abi.TrafficValue) == 8 * (2 + abi.TCP_NFLAGS)
+
+
+def test_latency_constants_match_the_header(bpf: Any) -> None:
+    """Map sizes the header fixes, as bcc created them."""
+    assert bpf[b"lat_targets"].max_entries == abi.LAT_MAX_PREFIXES
+    assert bpf[b"lat_hist"].max_entries == abi.LAT_MAX_TARGETS * len(abi.LAT_STAGE_NAMES) * 2

@@ -132,6 +132,33 @@ BAD_CONFIGS = [
         "TOML syntax error: Expected newline or end of document "
         "after a statement (at line 2, column 18)",
     ),
+    (
+        '[[latency.targets]]\nname = "db"\naddress = "10.0.3.7/24"\n',
+        '[latency.targets][0].address: 10.0.3.7/24 has host bits set, got "10.0.3.7/24"',
+    ),
+    (
+        '[[latency.targets]]\nname = "db"\naddress = "db.example"\n',
+        "[latency.targets][0].address: 'db.example' does not appear to be an IPv4 or IPv6 "
+        'network, got "db.example"',
+    ),
+    (
+        '[[latency.targets]]\nname = ""\naddress = "10.0.3.7"\n',
+        "[latency.targets][0].name: expected a non-empty name",
+    ),
+    (
+        '[[latency.targets]]\nname = "db"\naddress = "10.0.3.7"\nport = 65536\n',
+        "[latency.targets][0].port: expected an integer from 0 to 65535, got 65536",
+    ),
+    (
+        '[[latency.targets]]\nname = "a"\naddress = "10.0.3.7"\n'
+        '[[latency.targets]]\nname = "b"\naddress = "10.0.3.7/32"\n',
+        "[latency.targets][1].address: 10.0.3.7/32 port 0 is already given by [latency.targets][0]",
+    ),
+    ('[[latency.targets]]\nname = "db"\n', "[latency.targets][0].address: required key is missing"),
+    (
+        "[latency]\ntimeout_seconds = 0\n",
+        "[latency].timeout_seconds: expected an integer from 1 to 300, got 0",
+    ),
 ]
 
 
@@ -346,6 +373,22 @@ def test_settings_without_effect_in_basic_mode_warn(
         f'retinad: warning: [resolvers].order ("docker", "host") has no effect with {basic}: '
         "none is started",
     ]
+
+
+def test_latency_targets_without_packetparser_warn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "retinad.toml"
+    target = '[[latency.targets]]\nname = "db"\naddress = "10.0.0.20"\n'
+    cfg.write_text("[packetparser]\nenabled = false\n" + target)
+    assert main(["check-config", str(cfg)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "retinad: warning: [latency.targets] has no effect with [packetparser].enabled = false "
+        "(packetparser's programs measure latency)"
+    ]
+    cfg.write_text(target)  # packetparser on: no warning
+    assert main(["check-config", str(cfg)]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_check_reads_the_configured_docker_host(
