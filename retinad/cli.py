@@ -183,7 +183,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_check(settings: Settings) -> int:
     from retinad.daemon.preflight import preflight
-    from retinad.kernel.features import Probe, run_probes
+    from retinad.kernel.features import Probe, flow_events_probe, run_probes
 
     needed = needed_probes(settings) | {"config"}
     try:
@@ -193,7 +193,10 @@ def cmd_check(settings: Settings) -> int:
         config = Probe("config", "missing", str(err))
     rows = []
     bad = denied = 0
-    for probe in [config, *run_probes(docker_host=settings.resolvers.docker.host)]:
+    probes = [config, *run_probes(docker_host=settings.resolvers.docker.host)]
+    if settings.packetparser.events.enabled:
+        probes.append(flow_events_probe(settings.packetparser.events.transport))
+    for probe in probes:
         need = probe.name in needed
         verdict = {
             "ok": "ok",
@@ -238,7 +241,9 @@ def needed_probes(settings: Settings) -> set[str]:
     if settings.dropreason.enabled:
         need |= {"btf", "tracefs", "tracepoints", "kfree_skb_reason"}
     if settings.packetparser.events.enabled:
-        need.add("ringbuf" if settings.packetparser.events.transport == "ringbuf" else "tc")
+        need.add("flow_events")
+        if settings.packetparser.events.transport == "ringbuf":
+            need.add("ringbuf")
     return need
 
 
