@@ -35,6 +35,7 @@ from retinad.kernel.loader import PROG_SCHED_CLS, LoadedObject
 from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader, percpu_u64_sums
 from retinad.plugins.base import PluginContext
+from retinad.plugins.flow_events import FlowEvents, describe_families, kernel_defines
 from retinad.plugins.packetparser_links import (
     PROGRAM_NAMES,
     InterfaceReconciler,
@@ -85,12 +86,15 @@ class _KernelConfig:
     max_endpoints: int
     max_remote_flows: int
     attach_mode: str
+    events: tuple[tuple[str, int], ...] = ()
+    """Flow-event -D defines (plugins/flow_events.py); empty when events are off."""
 
     @classmethod
     def of(cls, s: PacketParserSettings, m: MetricsSettings) -> _KernelConfig:
         advanced = m.mode == "advanced"
+        events = tuple(sorted(kernel_defines(s.events).items()))
         return cls(advanced, advanced and s.remote_context, s.max_endpoints,
-                   s.max_remote_flows, s.attach_mode)  # fmt: skip
+                   s.max_remote_flows, s.attach_mode, events)  # fmt: skip
 
 
 class PacketParser:
@@ -111,6 +115,7 @@ class PacketParser:
         self._ledgers: dict[str, SeriesLedger] = {}
         self._sweeper: Sweeper | None = None
         self._cap_warned_at: dict[str, float] = {}
+        self._events: FlowEvents | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -122,6 +127,8 @@ class PacketParser:
             self._kernel = kc
             self._links = InterfaceReconciler(self.settings, attacher, self._programs, self._log)
             self._links.start()
+            if kc.events:
+                self._start_events(kc)
             if self._ledgers:
                 self._sweeper = Sweeper(
                     self.ctx.resolver, self._account, logger=self._log, name="packetparser-sweep"
@@ -141,6 +148,9 @@ class PacketParser:
             self._sweeper = None
         if self._links is not None:
             self._links.stop()
+        if self._events is not None:  # after detaching: the table flush is then complete
+            self._events.stop()
+            self._events = None
         with self._read_lock:
             self._readers.clear()
             self._ledgers.clear()
@@ -158,6 +168,8 @@ class PacketParser:
             if metrics != old_ctx.metrics:  # label shapes changed: bind keys afresh
                 with self._read_lock:
                     self._ledgers = {n: self._new_ledger(n, metrics) for n in self._ledgers}
+            if self._events is not None and settings.events.log != old_settings.events.log:
+                self._events.set_log(settings.events)
             with self._lock:
                 self.settings, self.ctx = settings, new_ctx
             if self._links is not None:
@@ -189,7 +201,8 @@ class PacketParser:
 
     def healthy(self) -> bool:
         sweeping = self._sweeper is None or self._sweeper.alive
-        return self._links is not None and self._links.alive and sweeping
+        events = self._events is None or self._events.alive
+        return self._links is not None and self._links.alive and sweeping and events
 
     def status(self) -> str:
         if self._links is None:
@@ -206,6 +219,7 @@ class PacketParser:
             "RETINAD_IFACE_ENTRIES": IFACE_KEYS + OVERFLOW_SLOTS,
             "RETINAD_ENDPOINT_ENTRIES": kc.max_endpoints + OVERFLOW_SLOTS,
             "RETINAD_REMOTE_ENTRIES": kc.max_remote_flows + OVERFLOW_SLOTS,
+            **dict(kc.events),
         }
         wanted = dict.fromkeys(PROGRAM_NAMES, PROG_SCHED_CLS)
         return load_program(self.ctx.bpf_dir.resolve(), SOURCE, defines, wanted)
@@ -267,6 +281,21 @@ class PacketParser:
                 raise PluginError(
                     f"packetparser: map {name}: inserting overflow key: {err}"
                 ) from err
+
+    def _start_events(self, kc: _KernelConfig) -> None:
+        """Flow events on: hand the loaded maps to plugins/flow_events.py."""
+
+        def interfaces() -> dict[int, tuple[str, str]]:
+            return {i: (name, role.value) for i, (name, role) in self.attached().items()}
+
+        self._events = FlowEvents(self.settings.events, dict(kc.events), self._bpf,
+                                  resolver=self.ctx.resolver, interfaces=interfaces,
+                                  logger=self._log)  # fmt: skip
+        self._events.start()
+
+    def flow_events(self) -> FlowEvents | None:
+        """The running flow-event pipeline (``retinad flows`` subscribes to it)."""
+        return self._events
 
     # --- metrics ------------------------------------------------------------------------
 
@@ -347,11 +376,14 @@ class PacketParser:
             for name, r in self._readers.items()
             if name in data
         ]
+        if self._events is not None:
+            triples += self._events.map_triples()
         out = naming.map_gauges(triples)
         out.append(overflow_packets((MAP_LABELS[n], recs) for n, recs in data.items()))
         out.append(self._unparsed())
         out.append(series_dropped((MAP_LABELS[n], lg.dropped) for n, lg in self._ledgers.items()))
         out.extend(self._links.metrics() if self._links else attach_families({}, []))
+        out.extend(self._events.metrics() if self._events else describe_families())
         return out
 
     def describe(self) -> Iterable[Metric]:
@@ -371,6 +403,7 @@ class PacketParser:
         fams.append(self._unparsed())
         fams.append(series_dropped([]))
         fams += self._links.metrics() if self._links else attach_families({}, [])
+        fams += describe_families()
         return fams
 
     # --- for tests and diagnostics ----------------------------------------------------------
