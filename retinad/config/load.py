@@ -261,6 +261,11 @@ def _check_cross_field(s: Settings, source: str) -> None:
                     f"{source}: [packetparser.events].{key}: expected a power of two "
                     f"(the kernel's ring sizes are), got {n}"
                 )
+        if ev.socket and not ev.socket.startswith("/"):
+            raise ConfigError(
+                f'{source}: [packetparser.events].socket: expected an absolute path or "" '
+                f"(none), got {_show(ev.socket)}"
+            )
         if ev.log.path not in ("", "-") and not ev.log.path.startswith("/"):
             raise ConfigError(
                 f"{source}: [packetparser.events.log].path: expected an absolute path, "

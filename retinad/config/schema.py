@@ -119,6 +119,8 @@ class EventSettings:
     max_flows: int = _bounded(65536, 64, 1 << 22)
     """high: capacity of the connection table; when full, a new flow's packets are
     reported one by one."""
+    socket: str = "/run/retinad/flows.sock"
+    """The unix socket ``retinad flows`` follows (mode 0600, root only); "" for none."""
     log: EventLogSettings = field(default_factory=EventLogSettings)
 
 

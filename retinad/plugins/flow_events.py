@@ -37,6 +37,7 @@ from retinad.kernel.perfbuf import PerfReader
 from retinad.kernel.ringbuf import DrainThread, RingBufReader
 from retinad.plugins.flow_events_log import RecordSink, open_sink
 from retinad.plugins.flow_events_records import InterfaceNames, Record, RecordMaker
+from retinad.plugins.flow_events_socket import FlowSocket
 from retinad.plugins.flow_events_table import ConnTable
 
 CONN_MAP_LABEL = "flow_events_connections"
@@ -97,6 +98,7 @@ class FlowEvents:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sink: RecordSink | None = None
+        self.socket: FlowSocket | None = None
         self._sink_lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
         self._sub_lock = threading.Lock()
@@ -117,6 +119,9 @@ class FlowEvents:
     def start(self) -> None:
         log = self.settings.log
         self._sink = open_sink(log.path, log.max_size_mib, log.max_files)
+        if self.settings.socket:
+            self.socket = FlowSocket(self.settings.socket, self._log)
+            self.socket.start(self.subscribe)
         self._reader.start()
         self._spawn("flow-writer", self._write_loop)
         if self._high:
@@ -146,6 +151,9 @@ class FlowEvents:
             t.join()
         self._threads.clear()
         self._write_pending()
+        if self.socket is not None:
+            self.socket.stop()
+            self.socket = None
         if self._sink is not None:
             self._sink.close()
             self._sink = None

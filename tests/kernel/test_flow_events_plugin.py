@@ -31,6 +31,7 @@ TRANSPORTS = ["ringbuf", "perf"]
 
 
 def settings(log: Path, **events: Any) -> PacketParserSettings:
+    events.setdefault("socket", "")
     ev = EventSettings(enabled=True, log=EventLogSettings(path=str(log)), **events)
     return PacketParserSettings(interfaces=NO_HOST, container_interfaces=True, events=ev)
 
@@ -161,7 +162,7 @@ def test_flow_log_rotates_at_its_size_and_loses_no_record(
     c = containers.add(43)
     log = tmp_path / "flows.json"
     small = EventLogSettings(path=str(log), max_size_mib=1, max_files=20)
-    ev = EventSettings(enabled=True, aggregation_level="low", log=small)
+    ev = EventSettings(enabled=True, aggregation_level="low", log=small, socket="")
     pp = make_plugin(PacketParserSettings(interfaces=NO_HOST, events=ev), resolver=resolver)
     started(pp, c)
     n = 6000
