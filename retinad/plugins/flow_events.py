@@ -68,6 +68,14 @@ def kernel_defines(s: EventSettings) -> dict[str, int]:
     }
 
 
+def runtime_key(s: EventSettings) -> tuple[object, ...]:
+    """The settings besides the defines that only a new reader applies (all but the log,
+    which ``set_log`` switches in place)."""
+    if not s.enabled:
+        return ()
+    return (s.perf_pages, s.drain_interval_ms, s.queue_size, s.socket)
+
+
 def transport_of(defines: Mapping[str, int]) -> str:
     return "ringbuf" if defines["RETINAD_FE_TRANSPORT"] == abi.FE_RINGBUF else "perf"
 

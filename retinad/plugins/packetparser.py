@@ -35,7 +35,12 @@ from retinad.kernel.loader import PROG_SCHED_CLS, LoadedObject
 from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader, percpu_u64_sums
 from retinad.plugins.base import PluginContext
-from retinad.plugins.flow_events import FlowEvents, describe_families, kernel_defines
+from retinad.plugins.flow_events import (
+    FlowEvents,
+    describe_families,
+    kernel_defines,
+    runtime_key,
+)
 from retinad.plugins.packetparser_links import (
     PROGRAM_NAMES,
     InterfaceReconciler,
@@ -88,13 +93,15 @@ class _KernelConfig:
     attach_mode: str
     events: tuple[tuple[str, int], ...] = ()
     """Flow-event -D defines (plugins/flow_events.py); empty when events are off."""
+    events_runtime: tuple[object, ...] = ()
+    """The reader's settings (plugins/flow_events.runtime_key): a change restarts it."""
 
     @classmethod
     def of(cls, s: PacketParserSettings, m: MetricsSettings) -> _KernelConfig:
         advanced = m.mode == "advanced"
         events = tuple(sorted(kernel_defines(s.events).items()))
         return cls(advanced, advanced and s.remote_context, s.max_endpoints,
-                   s.max_remote_flows, s.attach_mode, events)  # fmt: skip
+                   s.max_remote_flows, s.attach_mode, events, runtime_key(s.events))  # fmt: skip
 
 
 class PacketParser:

@@ -8,6 +8,7 @@ JSON-lines log back: counts are exact, over both transports.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -218,3 +219,57 @@ def test_a_tiny_ring_loses_events_counted_exactly_and_metrics_stay_exact(
     finally:
         pp.stop()
     assert len(records(log)) == n - lost
+
+
+def test_a_full_queue_loses_events_counted_at_stage_queue(
+    containers: Containers, resolver: HostResolver, tmp_path: Path
+) -> None:
+    c = containers.add(45)
+    log = tmp_path / "flows.json"
+    # A drain once a second hands the whole burst over at once; 16 fit in the queue.
+    pp = make_plugin(settings(log, aggregation_level="low", queue_size=16, drain_interval_ms=1000,
+                              wakeup_events=1_000_000), resolver=resolver)  # fmt: skip
+    started(pp, c)
+    n = 2000
+    try:
+        send_udp(c.ns, c.host_ip, n, 100)
+        events = pp.flow_events()
+        assert events is not None
+
+        def accounted() -> bool:
+            s = samples(pp.collect())
+            return value(s, "retinad_events_total", transport=events.transport) == n
+
+        wait_for(accounted, timeout=15, what="every event read")
+        wait_for(lambda: events.records_written + events.queue_lost == n, what="all accounted")
+        s = samples(pp.collect())
+        assert value(s, "retinad_events_lost_total", stage="kernel") == 0
+        assert value(s, "retinad_events_lost_total", stage="queue") == events.queue_lost > 0
+    finally:
+        pp.stop()
+    assert len(records(log)) == n - events.queue_lost
+
+
+def test_reload_switches_the_flow_log_without_recompiling(
+    containers: Containers, resolver: HostResolver, tmp_path: Path
+) -> None:
+    c = containers.add(46)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    s1 = settings(first, aggregation_level="low")
+    pp = make_plugin(s1, resolver=resolver)
+    started(pp, c)
+    try:
+        events = pp.flow_events()
+        assert events is not None
+        send_udp(c.ns, c.host_ip, 3, 100)
+        wait_for(lambda: events.records_written == 3, what="3 records")
+        s2 = dataclasses.replace(s1, events=dataclasses.replace(
+            s1.events, log=EventLogSettings(path=str(second))))  # fmt: skip
+        pp.reload(s2, pp.ctx.metrics)
+        assert pp.flow_events() is events  # same programs, same reader
+        send_udp(c.ns, c.host_ip, 4, 100)
+        wait_for(lambda: events.records_written == 7, what="4 more records")
+    finally:
+        pp.stop()
+    assert len(records(first)) == 3
+    assert len(records(second)) == 4
