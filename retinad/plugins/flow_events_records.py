@@ -10,6 +10,7 @@ thread, never in the drain thread or the kernel.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import socket
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from retinad.kernel import abi
 from retinad.model import Endpoint
 from retinad.plugins.packetparser_metrics import direction_label
+from retinad.resolvers.base import IPAddress
 
 SCHEMA_VERSION = 1
 PROTOCOLS = {6: "TCP", 17: "UDP"}
@@ -53,6 +55,18 @@ class Clock:
         return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+@functools.lru_cache(maxsize=65536)
+def address(raw: bytes, family: int) -> tuple[IPAddress, str]:
+    """A 16-byte event address as an address object and its text, from the bytes (no
+    text parsing); cached, since a host sees the same few addresses over and over."""
+    ip: IPAddress
+    if family == abi.FAMILY_IPV4:
+        ip = ipaddress.IPv4Address(raw[12:16])
+    else:
+        ip = ipaddress.IPv6Address(raw)
+    return ip, str(ip)
+
+
 def port(raw: int) -> int:
     """A port the kernel stored in network order, read as a little-endian u16."""
     return ((raw & 0xFF) << 8) | (raw >> 8)
@@ -76,9 +90,9 @@ class RecordMaker:
         self.node = socket.gethostname()
 
     def _name(self, raw: Any, family: int) -> tuple[str, dict[str, str] | None]:
-        text = abi.decode_addr(raw, family)
+        ip, text = address(bytes(raw), family)
         try:
-            ep = self._resolver.by_ip(ipaddress.ip_address(text))
+            ep = self._resolver.by_ip(ip)
         except Exception:  # a resolver bug must not stop the flow log
             ep = None
         return text, endpoint_view(ep)
