@@ -62,7 +62,9 @@ Factory = Callable[..., Events]
 def events() -> Iterator[Factory]:
     made: list[Events] = []
 
-    def make(transport: str, *, high: bool, sampling: int = 1, pages: int = 64) -> Events:
+    def make(
+        transport: str, *, high: bool, sampling: int = 1, pages: int = 64, flows: int = 65536
+    ) -> Events:
         from bcc import BPF
 
         defines = {
@@ -72,6 +74,7 @@ def events() -> Iterator[Factory]:
             "RETINAD_FE_HIGH": int(high),
             "RETINAD_FE_SAMPLING": sampling,
             "RETINAD_FE_RING_PAGES": pages,
+            "RETINAD_FE_CONN_ENTRIES": flows,
         }
         b = compile_program(bpf_dir(), "packetparser.c", defines)
         prog = b.load_func(b"pp_host_ingress", BPF.SCHED_CLS).fd
@@ -231,6 +234,21 @@ def test_a_tiny_ring_overflows_and_loses_exactly_what_the_kernel_counted(
     assert len(e.drain()) == 5
     if isinstance(e.reader, PerfReader):
         assert e.reader.lost == lost  # perf's own PERF_RECORD_LOST agrees
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_full_connection_table_reports_new_flows_packet_by_packet(
+    events: Factory, transport: str
+) -> None:
+    e = events(transport, high=True, flows=4)
+    for i in range(10):  # BPF_PROG_TEST_RUN runs on this CPU: one freelist, exactly 4 fit
+        e.run(udp(7000 + i))
+    e.run(udp(7009))  # an untracked flow stays untracked: each packet its own report
+    got = e.drain()
+    assert [abi.FE_REASONS[ev.reason] for ev in got] == ["new"] * 4 + ["untracked"] * 7
+    assert sum(ev.packets for ev in got) == 11 == e.iface_packets()
+    assert e.stats()[abi.FE_STAT_UNTRACKED] == 7
+    assert ConnTable(e.bpf[b"fe_conn"]).entries() == 4
 
 
 def test_flow_structs_match_bcc_layout(events: Factory) -> None:

@@ -143,6 +143,11 @@ def test_high_aggregation_records_add_up_to_each_connections_totals(
             return now if prev == now else None
 
         sent, recv = wait_for(stable, what="stable counts")
+        s = samples(pp.collect())  # table fullness, like every other map
+        conn = {"map": "flow_events_connections"}
+        assert value(s, "retinad_map_capacity", **conn) == 65536
+        # entries: the idle sweep (1 s here) may already have taken the flows out
+        assert ("retinad_map_entries", (("map", "flow_events_connections"),)) in s
     finally:
         pp.stop()
     recs = [r for r in records(log) if r["protocol"] == "TCP"]
