@@ -159,6 +159,100 @@ static __always_inline __u32 lat_ntargets(void)
 }
 #endif /* RETINAD_LATENCY */
 
+/* flow events (bpf/flow_events.h): the event transport, the per-CPU event counters, the
+ * high-aggregation connection table and their accessors (bcc rewrites map calls only in
+ * this file, not in headers); the logic is in flow_events.h. Compiled out entirely unless
+ * RETINAD_FLOW_EVENTS. */
+#ifndef RETINAD_FLOW_EVENTS
+#define RETINAD_FLOW_EVENTS 0
+#endif
+#if RETINAD_FLOW_EVENTS
+#ifndef RETINAD_FE_TRANSPORT
+#define RETINAD_FE_TRANSPORT RETINAD_FE_RINGBUF
+#endif
+#ifndef RETINAD_FE_RING_PAGES
+#define RETINAD_FE_RING_PAGES 2048 /* 8 MiB */
+#endif
+#ifndef RETINAD_FE_CONN_ENTRIES
+#define RETINAD_FE_CONN_ENTRIES 65536
+#endif
+#ifndef RETINAD_FE_HIGH
+#define RETINAD_FE_HIGH 1
+#endif
+#ifndef RETINAD_FE_WAKEUP_EVERY
+#define RETINAD_FE_WAKEUP_EVERY 4096 /* ringbuf: force a wakeup every Nth event per CPU */
+#endif
+
+BPF_PERCPU_ARRAY(fe_stats, __u64, RETINAD_FE_NSTATS);
+#if RETINAD_FE_TRANSPORT == RETINAD_FE_RINGBUF
+BPF_RINGBUF_OUTPUT(fe_ring, RETINAD_FE_RING_PAGES);
+#else
+BPF_PERF_OUTPUT(fe_perf);
+#endif
+#if RETINAD_FE_HIGH
+BPF_TABLE("hash", struct flow_key, struct flow_state, fe_conn, RETINAD_FE_CONN_ENTRIES);
+#endif
+
+/* Add one to a per-CPU event counter; returns the new value. */
+static __always_inline __u64 fe_stat(int slot)
+{
+    __u64 *n = fe_stats.lookup(&slot);
+    if (!n)
+        return 0;
+    *n += 1;
+    return *n;
+}
+
+/* Hand one event to user space; a full ring or perf buffer counts as lost, here. */
+static __always_inline void fe_emit(struct __sk_buff *skb, const struct flow_event *ev, int *ok)
+{
+#if RETINAD_FE_TRANSPORT == RETINAD_FE_RINGBUF
+    struct flow_event *slot = fe_ring.ringbuf_reserve(sizeof(*slot));
+    if (!slot) {
+        fe_stat(RETINAD_FE_STAT_LOST);
+        *ok = 0;
+        return;
+    }
+    __builtin_memcpy(slot, ev, sizeof(*slot));
+    /* Batched wakeups: the reader drains on a timer; every Nth event per CPU wakes it
+     * early so a burst cannot fill the ring between two drains. */
+    __u64 n = fe_stat(RETINAD_FE_STAT_SUBMITTED);
+    fe_ring.ringbuf_submit(slot, n % RETINAD_FE_WAKEUP_EVERY ? BPF_RB_NO_WAKEUP
+                                                             : BPF_RB_FORCE_WAKEUP);
+    *ok = 1;
+#else
+    /* perf: the wakeup threshold is the event's wakeup_events, set by the reader. */
+    if (fe_perf.perf_submit(skb, (void *)ev, sizeof(*ev)) < 0) {
+        fe_stat(RETINAD_FE_STAT_LOST);
+        *ok = 0;
+        return;
+    }
+    fe_stat(RETINAD_FE_STAT_SUBMITTED);
+    *ok = 1;
+#endif
+}
+
+#if RETINAD_FE_HIGH
+static __always_inline struct flow_state *fe_conn_lookup(const struct flow_key *k)
+{
+    return fe_conn.lookup((struct flow_key *)k);
+}
+
+static __always_inline struct flow_state *fe_conn_add(const struct flow_key *k,
+                                                     const struct flow_state *init)
+{
+    fe_conn.insert((struct flow_key *)k, (struct flow_state *)init); /* -EEXIST: fine */
+    return fe_conn.lookup((struct flow_key *)k);
+}
+#endif
+
+#include "flow_events.h"
+#else
+#define fe_observe(skb, pkt, direction, host, d) \
+    do {                                         \
+    } while (0)
+#endif
+
 /* What one frame adds to a traffic_value. */
 struct pp_delta {
     __u64 packets;
@@ -288,6 +382,7 @@ static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt
     }
     pkt->is_tcp = l4proto == PP_IPPROTO_TCP;
     pkt->l4_off = off;
+    pkt->l4proto = l4proto;
     if (!pkt->has_l4) {
         pkt->hdr_len = off;
         return 0;
@@ -310,6 +405,13 @@ static __always_inline int pp_parse(struct __sk_buff *skb, struct pp_packet *pkt
             return PP_TRUNC;
         pkt->hdr_len = off + 8;
     }
+#if RETINAD_FLOW_EVENTS
+    __be16 ports[2]; /* both L4 headers start with source and destination port */
+    if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) == 0) {
+        pkt->sport = ports[0];
+        pkt->dport = ports[1];
+    }
+#endif
     return 0;
 }
 
@@ -394,6 +496,7 @@ static __always_inline void pp_count(struct __sk_buff *skb, __u8 direction, int 
     d.bytes = skb->len + (d.segs - 1) * pkt.hdr_len;
     if (pkt.is_tcp && pkt.has_l4)
         d.tcp_flags = pkt.tcp_flags;
+    fe_observe(skb, &pkt, direction, host, &d);
 
     if (host) {
         struct iface_key ik = {};

@@ -151,4 +151,70 @@ struct latency_hist {
     __u64 no_response; /* answered only after the timeout */
 };
 
+/* ---- flow events ---- */
+/* Transports (RETINAD_FE_TRANSPORT) and the per-CPU fe_stats slots. */
+#define RETINAD_FE_RINGBUF 1
+#define RETINAD_FE_PERF 2
+#define RETINAD_FE_STAT_SUBMITTED 0 /* events written to the ring / perf buffer */
+#define RETINAD_FE_STAT_LOST 1      /* reserve / perf output failed: the buffer was full */
+#define RETINAD_FE_STAT_SAMPLED 2   /* not reported: data_sampling_rate said no */
+#define RETINAD_FE_STAT_UNTRACKED 3 /* high: connection table full, reported per packet */
+#define RETINAD_FE_NSTATS 4
+
+/* Why an event was reported (flow_event.reason). */
+#define RETINAD_FE_REASON_PACKET 0   /* low aggregation: this packet */
+#define RETINAD_FE_REASON_NEW 1      /* high: the first packet of a flow */
+#define RETINAD_FE_REASON_FLAGS 2    /* high: SYN, FIN or RST, or a flag not seen before */
+#define RETINAD_FE_REASON_INTERVAL 3 /* high: report_interval passed since the last report */
+#define RETINAD_FE_REASON_UNTRACKED 4 /* high: table full, this packet alone */
+#define RETINAD_FE_REASON_IDLE 5     /* user space: idle flow taken out of the table */
+#define RETINAD_FE_REASON_FLUSH 6    /* user space: flushed on stop or reload */
+
+/* One event: a packet (low) or what a flow did since its last report (high). */
+struct flow_event {
+    __u64 ts_ns;    /* bpf_ktime_get_ns() at the report (CLOCK_MONOTONIC) */
+    __u64 first_ns; /* the flow's first packet (high); ts_ns in low */
+    __u64 packets;  /* since the last report */
+    __u64 bytes;
+    __u8 src[16];   /* IPv4 as IPv4-mapped IPv6 */
+    __u8 dst[16];
+    __u32 ifindex;  /* the observation point */
+    __be16 sport;   /* network order */
+    __be16 dport;
+    __u8 family;
+    __u8 l4proto;
+    __u8 direction; /* RETINAD_DIR_*, from the endpoint's point of view */
+    __u8 tcp_flags; /* every flag seen since the last report */
+    __u8 reason;    /* RETINAD_FE_REASON_* */
+    __u8 host;      /* 1: a host interface, 0: a container veth */
+    __u8 pad[2];
+};
+
+/* High aggregation: one connection-table key per flow direction and observation point. */
+struct flow_key {
+    __u8 src[16];
+    __u8 dst[16];
+    __u32 ifindex;
+    __be16 sport;
+    __be16 dport;
+    __u8 family;
+    __u8 l4proto;
+    __u8 direction;
+    __u8 host;
+};
+
+struct flow_state {
+    __u64 packets; /* since the flow entered the table */
+    __u64 bytes;
+    __u64 reported_packets; /* part of packets already in an event */
+    __u64 reported_bytes;
+    __u64 first_ns;
+    __u64 last_ns;
+    __u64 last_report_ns;
+    __u8 flags_seen;    /* every TCP flag of the flow so far */
+    __u8 flags_pending; /* TCP flags since the last report */
+    __u8 sampled_out;   /* data_sampling_rate said no to this flow: never reported */
+    __u8 pad[5];
+};
+
 #endif /* RETINAD_H */

@@ -1,6 +1,6 @@
 """Command line: ``retinad [flags] [run|check|check-config [FILE]|print-default-config]``,
 node_exporter style; ``retinad top [flags]`` is a client of a running daemon with flags of its
-own (retinad/top).
+own (retinad/top), and so is ``retinad flows [flags]`` (retinad/flows).
 
 Flags override the config file. Exit codes: 0 ok, 1 runtime failure (cannot start, check
 found something missing), 2 bad configuration or usage.
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="commands: run (default) serves metrics; check probes this host for what the "
         "config needs; check-config [FILE] validates a config file and exits; "
         "print-default-config prints the embedded default config (every key, commented); "
-        "top shows a running daemon live (retinad top --help).",
+        "top shows a running daemon live (retinad top --help); flows prints its flow "
+        "records live (retinad flows --help).",
     )
     p.add_argument(
         "command",
@@ -183,7 +184,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_check(settings: Settings) -> int:
     from retinad.daemon.preflight import preflight
-    from retinad.kernel.features import Probe, run_probes
+    from retinad.kernel.features import Probe, flow_events_probe, run_probes
 
     needed = needed_probes(settings) | {"config"}
     try:
@@ -193,7 +194,10 @@ def cmd_check(settings: Settings) -> int:
         config = Probe("config", "missing", str(err))
     rows = []
     bad = denied = 0
-    for probe in [config, *run_probes(docker_host=settings.resolvers.docker.host)]:
+    probes = [config, *run_probes(docker_host=settings.resolvers.docker.host)]
+    if settings.packetparser.events.enabled:
+        probes.append(flow_events_probe(settings.packetparser.events.transport))
+    for probe in probes:
         need = probe.name in needed
         verdict = {
             "ok": "ok",
@@ -238,7 +242,9 @@ def needed_probes(settings: Settings) -> set[str]:
     if settings.dropreason.enabled:
         need |= {"btf", "tracefs", "tracepoints", "kfree_skb_reason"}
     if settings.packetparser.events.enabled:
-        need.add("ringbuf" if settings.packetparser.events.transport == "ringbuf" else "tc")
+        need.add("flow_events")
+        if settings.packetparser.events.transport == "ringbuf":
+            need.add("ringbuf")
     return need
 
 
@@ -274,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from retinad.kernel.loader import child_main
 
         child_main(int(argv[1]))
+    if argv[:1] == ["flows"]:
+        from retinad.flows.cli import main as flows_main
+
+        return flows_main(argv[1:])
     if argv[:1] == ["top"]:
         from retinad.top.app import main as top_main
 

@@ -56,7 +56,14 @@ Validate a configuration file (default the \\fB--config.file\\fR or
         + """) and exit.
 .TP
 .B print-default-config
-Print the embedded default configuration, every key with its default and a comment.""",
+Print the embedded default configuration, every key with its default and a comment.
+.TP
+.BI flows " [FLAGS]"
+Follow a running daemon's flow records live over its flow socket
+(\\fB[packetparser.events]\\fR \\fBsocket\\fR, root only), one line each or
+\\fB--output json\\fR, filtered by \\fB--name\\fR, \\fB--ip\\fR, \\fB--port\\fR,
+\\fB--protocol\\fR, \\fB--direction\\fR, \\fB--interface\\fR; see
+\\fBretinad flows --help\\fR.""",
     ),
     (
         "exit status",

@@ -3,7 +3,7 @@
 Every problem becomes a ``ConfigError`` whose message names the file, the key path in
 TOML's own spelling and what was expected, e.g.::
 
-    retinad.toml: [packetparser.events].transport: expected "ringbuf" or "perf", got "pipe"
+    retinad.toml: [log].level: expected one of "debug", "info", "warn", "error", got "verbose"
 
 Unknown keys and tables are errors (with a "did you mean" when a known name is close),
 because a misspelt key silently falling back to its default is the worst surprise an
@@ -257,10 +257,23 @@ def _check_cross_field(s: Settings, source: str) -> None:
         )
 
     def events() -> None:
-        if s.packetparser.events.enabled:
+        ev = s.packetparser.events
+        for key in ("ring_pages", "perf_pages"):
+            n = getattr(ev, key)
+            if n & (n - 1):
+                raise ConfigError(
+                    f"{source}: [packetparser.events].{key}: expected a power of two "
+                    f"(the kernel's ring sizes are), got {n}"
+                )
+        if ev.socket and not ev.socket.startswith("/"):
             raise ConfigError(
-                f"{source}: [packetparser.events].enabled: per-packet flow events are not "
-                "available in this release; every metric is counted in the kernel without them"
+                f'{source}: [packetparser.events].socket: expected an absolute path or "" '
+                f"(none), got {_show(ev.socket)}"
+            )
+        if ev.log.path not in ("", "-") and not ev.log.path.startswith("/"):
+            raise ConfigError(
+                f"{source}: [packetparser.events.log].path: expected an absolute path, "
+                f'"-" (stdout) or "" (none), got {_show(ev.log.path)}'
             )
 
     def resolvers() -> None:

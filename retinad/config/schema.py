@@ -73,21 +73,55 @@ class InterfaceSelection:
 
 
 @dataclass(frozen=True)
+class EventLogSettings:
+    """``[packetparser.events.log]``: where flow records are written as JSON lines."""
+
+    path: str = ""
+    """A file (rotated by size), "-" for standard output, or "" for no flow log."""
+    max_size_mib: int = _bounded(100, 1, 102400)
+    """Rotate the file when the next record would take it past this size."""
+    max_files: int = _bounded(5, 1, 1000)
+    """Rotated files kept beside the current one (path.1 is the newest)."""
+
+
+@dataclass(frozen=True)
 class EventSettings:
     """``[packetparser.events]``: the per-packet/per-flow event stream (opt-in).
 
-    The transport and sampling keys are validated now so a config written for the
-    flow-event release is checked; enabling events in this release is refused with a
-    clear error rather than silently ignored.
+    Metrics never depend on it: they are counted in the kernel whether events are on or
+    not. Events feed the flow log and ``retinad flows`` (docs/FLOWS.md).
     """
 
     enabled: bool = False
-    transport: Literal["ringbuf", "perf"] = "ringbuf"
-    """ringbuf (kernel 5.8+, one shared buffer) or perf (per-CPU perf arrays)."""
+    transport: Literal["auto", "ringbuf", "perf"] = "auto"
+    """ringbuf (kernel 5.8+, one shared buffer), perf (per-CPU perf arrays), or auto:
+    ringbuf where the kernel has it, else perf (``retinad check`` says which)."""
+    ring_pages: int = _bounded(2048, 1, 262144)
+    """ringbuf size in 4 KiB pages, a power of two (2048 = 8 MiB, Retina's default)."""
+    perf_pages: int = _bounded(64, 1, 4096)
+    """perf buffer size per CPU in 4 KiB pages, a power of two."""
+    wakeup_events: int = _bounded(64, 1, 1_000_000)
+    """Wake the reader every N events per CPU (perf wakeup_events; ringbuf: a forced
+    wakeup every Nth submission); the rest is taken by the timed drain."""
+    drain_interval_ms: int = _bounded(5, 1, 1000)
+    """How often the reader drains what arrived without a wakeup."""
+    queue_size: int = _bounded(65536, 16, 1 << 24)
+    """Events held between the reader and the writers; beyond it they are lost (counted
+    as retinad_events_lost_total{stage="queue"})."""
     data_sampling_rate: int = _bounded(1, 1, 1_000_000)
-    """Report 1 packet in N (Retina's dataSamplingRate)."""
+    """Report 1 in N (Retina's dataSamplingRate): packets in low aggregation (SYN, FIN and
+    RST always), flows in high aggregation (decided at a flow's first packet)."""
     aggregation_level: Literal["low", "high"] = "high"
     """low: every packet; high: on SYN/FIN/RST, flag change or every report interval."""
+    report_interval_seconds: int = _bounded(30, 1, 3600)
+    """high: report a busy flow at least this often; an idle one is reported and taken
+    out of the connection table after this long."""
+    max_flows: int = _bounded(65536, 64, 1 << 22)
+    """high: capacity of the connection table; when full, a new flow's packets are
+    reported one by one."""
+    socket: str = "/run/retinad/flows.sock"
+    """The unix socket ``retinad flows`` follows (mode 0600, root only); "" for none."""
+    log: EventLogSettings = field(default_factory=EventLogSettings)
 
 
 @dataclass(frozen=True)

@@ -270,6 +270,9 @@ MAP_OVERFLOW_PACKETS = "retinad_map_overflow_packets"
 ATTACH_ERRORS = "retinad_attach_errors"
 ATTACHED_INTERFACES = "retinad_attached_interfaces"
 SERIES_DROPPED = "retinad_series_dropped"
+EVENTS = "retinad_events"
+EVENTS_LOST = "retinad_events_lost"
+EVENTS_SAMPLED_OUT = "retinad_events_sampled_out"
 # RESOLVER_UP, RESOLVER_ENDPOINTS: spelled in retinad/metric_names.py (resolvers/ needs them).
 
 

@@ -180,3 +180,81 @@ ABI_STRUCTS.update(
         "latency_hist": LatencyHist,
     }
 )
+
+# ---- flow events ----------------------------------------------------------------------
+
+FE_RINGBUF = 1
+FE_PERF = 2
+TRANSPORTS = {"ringbuf": FE_RINGBUF, "perf": FE_PERF}
+"""RETINAD_FE_RINGBUF / RETINAD_FE_PERF: the value of -DRETINAD_FE_TRANSPORT."""
+
+FE_STAT_SUBMITTED = 0
+FE_STAT_LOST = 1
+FE_STAT_SAMPLED = 2
+FE_STAT_UNTRACKED = 3
+FE_NSTATS = 4
+"""RETINAD_FE_STAT_*: slots of the fe_stats per-CPU array."""
+
+FE_REASONS = ("packet", "new", "flags", "interval", "untracked", "idle", "flush")
+"""RETINAD_FE_REASON_* in order: why an event was reported (flow_event.reason)."""
+FE_REASON_IDLE = 5
+FE_REASON_FLUSH = 6
+
+
+class FlowEvent(ctypes.Structure):
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("first_ns", ctypes.c_uint64),
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("src", Addr16),
+        ("dst", Addr16),
+        ("ifindex", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),  # network order
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("l4proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("host", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class FlowKey(ctypes.Structure):
+    _fields_ = [
+        ("src", Addr16),
+        ("dst", Addr16),
+        ("ifindex", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),  # network order
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("l4proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("host", ctypes.c_uint8),
+    ]
+
+
+class FlowState(ctypes.Structure):
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("reported_packets", ctypes.c_uint64),
+        ("reported_bytes", ctypes.c_uint64),
+        ("first_ns", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+        ("last_report_ns", ctypes.c_uint64),
+        ("flags_seen", ctypes.c_uint8),
+        ("flags_pending", ctypes.c_uint8),
+        ("sampled_out", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 5),
+    ]
+
+
+ABI_STRUCTS.update({"flow_event": FlowEvent, "flow_key": FlowKey, "flow_state": FlowState})
+
+
+def tcp_flag_names(flags: int) -> list[str]:
+    """TCP header byte 13 as flag names, in header bit order (FIN first)."""
+    return [name for i, name in enumerate(TCP_FLAG_NAMES) if flags & (1 << i)]

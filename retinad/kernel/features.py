@@ -286,6 +286,35 @@ def _yes(
     return Probe(name, "ok", yes) if ok else Probe(name, "missing", no, fix)
 
 
+def event_transport(wanted: str) -> str:
+    """The flow-event transport for ``[packetparser.events].transport``: "auto" is ringbuf
+    where libbpf's map probe says the kernel has one, else perf (every kernel retinad runs
+    on has perf event arrays). May raise PermissionDenied, like the probe."""
+    if wanted != "auto":
+        return wanted
+    return "ringbuf" if map_type_supported(_MAP_RINGBUF) else "perf"
+
+
+def flow_events_probe(wanted: str) -> Probe:
+    """The ``flow_events`` row of ``retinad check``: which transport the daemon would use."""
+    if _libbpf() is None:
+        return Probe("flow_events", "missing", "libbpf.so.1 not found (the event reader)",
+                     "install libbpf1")  # fmt: skip
+    try:
+        chosen = event_transport(wanted)
+        ringbuf = bool(map_type_supported(_MAP_RINGBUF))
+    except PermissionDenied:
+        return _denied("flow_events", "CAP_BPF (or CAP_SYS_ADMIN)")
+    if chosen == "ringbuf" and not ringbuf:
+        fix = 'set [packetparser.events].transport = "perf" or "auto"'
+        return Probe("flow_events", "missing", "transport ringbuf: no ring buffer (5.8+)", fix)
+    if wanted != "auto":
+        how = "configured"
+    else:
+        how = "auto: " + ("the kernel has a ring buffer" if ringbuf else "no ring buffer")
+    return Probe("flow_events", "ok", f"transport {chosen} ({how})")
+
+
 def run_probes(docker_host: str = "unix:///var/run/docker.sock") -> list[Probe]:
     """Every probe, in the order ``retinad check`` prints them; the docker row looks at
     ``docker_host`` (the configured [resolvers.docker].host)."""

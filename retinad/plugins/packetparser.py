@@ -36,6 +36,12 @@ from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader, percpu_u64_sums
 from retinad.plugins import latency
 from retinad.plugins.base import PluginContext
+from retinad.plugins.flow_events import (
+    FlowEvents,
+    describe_families,
+    kernel_defines,
+    runtime_key,
+)
 from retinad.plugins.packetparser_links import (
     PROGRAM_NAMES,
     InterfaceReconciler,
@@ -90,15 +96,20 @@ class _KernelConfig:
     latency: bool
     latency_timeout_seconds: int
     latency_pending: int
+    events: tuple[tuple[str, int], ...] = ()
+    """Flow-event -D defines (plugins/flow_events.py); empty when events are off."""
+    events_runtime: tuple[object, ...] = ()
+    """The reader's settings (plugins/flow_events.runtime_key): a change restarts it."""
 
     @classmethod
     def of(cls, s: PacketParserSettings, ctx: PluginContext) -> _KernelConfig:
         m, lat = ctx.metrics, ctx.latency
         advanced = m.mode == "advanced"
+        events = tuple(sorted(kernel_defines(s.events).items()))
         return cls(advanced, advanced and s.remote_context, s.max_endpoints,
                    s.max_remote_flows, s.attach_mode,
                    latency.wanted(lat, ctx.resolver.resolvers), lat.timeout_seconds,
-                   lat.max_pending)  # fmt: skip
+                   lat.max_pending, events, runtime_key(s.events))  # fmt: skip
 
 
 class PacketParser:
@@ -120,6 +131,7 @@ class PacketParser:
         self._sweeper: Sweeper | None = None
         self._cap_warned_at: dict[str, float] = {}
         self._latency: latency.LatencyTracker | None = None
+        self._events: FlowEvents | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -131,6 +143,8 @@ class PacketParser:
             self._kernel = kc
             self._links = InterfaceReconciler(self.settings, attacher, self._programs, self._log)
             self._links.start()
+            if kc.events:
+                self._start_events(kc)
             if self._ledgers:
                 self._sweeper = Sweeper(
                     self.ctx.resolver, self._account, logger=self._log, name="packetparser-sweep"
@@ -150,6 +164,9 @@ class PacketParser:
             self._sweeper = None
         if self._links is not None:
             self._links.stop()
+        if self._events is not None:  # after detaching: the table flush is then complete
+            self._events.stop()
+            self._events = None
         with self._read_lock:
             self._latency = None
             self._readers.clear()
@@ -168,6 +185,8 @@ class PacketParser:
             if metrics != old_ctx.metrics:  # label shapes changed: bind keys afresh
                 with self._read_lock:
                     self._ledgers = {n: self._new_ledger(n, metrics) for n in self._ledgers}
+            if self._events is not None and settings.events.log != old_settings.events.log:
+                self._events.set_log(settings.events)
             with self._lock:
                 self.settings, self.ctx = settings, new_ctx
             if self._links is not None:
@@ -199,7 +218,8 @@ class PacketParser:
 
     def healthy(self) -> bool:
         sweeping = self._sweeper is None or self._sweeper.alive
-        return self._links is not None and self._links.alive and sweeping
+        events = self._events is None or self._events.alive
+        return self._links is not None and self._links.alive and sweeping and events
 
     def status(self) -> str:
         if self._links is None:
@@ -219,6 +239,7 @@ class PacketParser:
             "RETINAD_LATENCY": int(kc.latency),
             "RETINAD_LAT_TIMEOUT_NS": f"{kc.latency_timeout_seconds * 1_000_000_000}ULL",
             "RETINAD_LAT_PENDING_ENTRIES": kc.latency_pending,
+            **dict(kc.events),
         }
         wanted = dict.fromkeys(PROGRAM_NAMES, PROG_SCHED_CLS)
         return load_program(self.ctx.bpf_dir.resolve(), SOURCE, defines, wanted)
@@ -285,6 +306,21 @@ class PacketParser:
                 raise PluginError(
                     f"packetparser: map {name}: inserting overflow key: {err}"
                 ) from err
+
+    def _start_events(self, kc: _KernelConfig) -> None:
+        """Flow events on: hand the loaded maps to plugins/flow_events.py."""
+
+        def interfaces() -> dict[int, tuple[str, str]]:
+            return {i: (name, role.value) for i, (name, role) in self.attached().items()}
+
+        self._events = FlowEvents(self.settings.events, dict(kc.events), self._bpf,
+                                  resolver=self.ctx.resolver, interfaces=interfaces,
+                                  logger=self._log)  # fmt: skip
+        self._events.start()
+
+    def flow_events(self) -> FlowEvents | None:
+        """The running flow-event pipeline (``retinad flows`` subscribes to it)."""
+        return self._events
 
     # --- metrics ------------------------------------------------------------------------
 
@@ -371,11 +407,14 @@ class PacketParser:
         ]
         if self._latency is not None:
             triples += self._latency.map_triples()
+        if self._events is not None:
+            triples += self._events.map_triples()
         out = naming.map_gauges(triples)
         out.append(overflow_packets((MAP_LABELS[n], recs) for n, recs in data.items()))
         out.append(self._unparsed())
         out.append(series_dropped((MAP_LABELS[n], lg.dropped) for n, lg in self._ledgers.items()))
         out.extend(self._links.metrics() if self._links else attach_families({}, []))
+        out.extend(self._events.metrics() if self._events else describe_families())
         return out
 
     def describe(self) -> Iterable[Metric]:
@@ -399,6 +438,7 @@ class PacketParser:
         fams.append(self._unparsed())
         fams.append(series_dropped([]))
         fams += self._links.metrics() if self._links else attach_families({}, [])
+        fams += describe_families()
         return fams
 
     def _pair_shape(self, metrics: MetricsSettings) -> bool:

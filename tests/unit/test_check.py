@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,22 @@ def test_headers_not_needed_without_bpf_plugins() -> None:
     p = check_without_headers("--no-collector.dropreason", "--no-collector.packetparser")
     assert p.returncode == 0, p.stdout + p.stderr
     assert rows(p.stdout)["kernel_headers"][:2] == ("absent", "no")
+
+
+@pytest.mark.parametrize(
+    ("transport", "detail"),
+    [
+        ("auto", "transport ringbuf (auto: the kernel has a ring buffer)"),
+        ("perf", "transport perf (configured)"),
+    ],
+)
+def test_check_says_which_flow_event_transport_the_daemon_would_use(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, transport: str, detail: str
+) -> None:
+    """The answer comes from libbpf's ringbuf map probe, which the ringbuf row shows too."""
+    cfg = tmp_path / "retinad.toml"
+    cfg.write_text(f'[packetparser.events]\nenabled = true\ntransport = "{transport}"\n')
+    assert main(["--config.file", str(cfg), "check"]) == 0
+    t = rows(capsys.readouterr().out)
+    assert t["ringbuf"][0] == "ok"
+    assert t["flow_events"] == ("ok", "yes", detail)

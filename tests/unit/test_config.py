@@ -13,7 +13,7 @@ from retinad.config import Settings, load_config, load_default_config
 BAD_CONFIGS = [
     (
         '[packetparser.events]\ntransport = "pipe"\n',
-        '[packetparser.events].transport: expected "ringbuf" or "perf", got "pipe"',
+        '[packetparser.events].transport: expected one of "auto", "ringbuf", "perf", got "pipe"',
     ),
     ("[webb]\nx = 1\n", "[webb]: unknown table (did you mean 'web'?)"),
     (
@@ -119,9 +119,14 @@ BAD_CONFIGS = [
         '[log].level: expected one of "debug", "info", "warn", "error", got "verbose"',
     ),
     (
-        "[packetparser.events]\nenabled = true\n",
-        "[packetparser.events].enabled: per-packet flow events are not available in this "
-        "release; every metric is counted in the kernel without them",
+        "[packetparser.events]\nring_pages = 1000\n",
+        "[packetparser.events].ring_pages: expected a power of two (the kernel's ring sizes "
+        "are), got 1000",
+    ),
+    (
+        '[packetparser.events.log]\npath = "flows.json"\n',
+        '[packetparser.events.log].path: expected an absolute path, "-" (stdout) or "" (none), '
+        'got "flows.json"',
     ),
     (
         '[web]\nlisten_address = [":1"\n[log]\n',

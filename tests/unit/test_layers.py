@@ -11,7 +11,8 @@ higher one, and the packages of one layer never import each other:
     1  config/
     2  kernel/
     3  exporter/ | resolvers/      (not each other)
-    4  plugins/ | top/             (not each other; top/ is a client of a running daemon)
+    4  plugins/ | top/ | flows/    (not each other; top/ and flows/ are clients of a
+                                  running daemon)
     5  daemon/
     6  cli
     7  __main__
@@ -38,6 +39,7 @@ LAYER: dict[str, int] = {
     "resolvers": 3,
     "plugins": 4,
     "top": 4,
+    "flows": 4,
     "daemon": 5,
     "cli": 6,
     "__main__": 7,

@@ -28,6 +28,9 @@ def test_every_self_metric_is_documented() -> None:
         naming.SERIES_DROPPED + "_total",
         naming.RESOLVER_UP,
         naming.RESOLVER_ENDPOINTS,
+        naming.EVENTS + "_total",
+        naming.EVENTS_LOST + "_total",
+        naming.EVENTS_SAMPLED_OUT + "_total",
     ):
         assert f"`{name}`" in DOC, name
 
@@ -37,6 +40,9 @@ def test_every_map_is_documented() -> None:
     from retinad.plugins import dropreason, packetparser
 
     maps = {**packetparser.MAP_LABELS, dropreason.MAP_NAME: dropreason.MAP_NAME}
-    assert len(maps) == 4
+    from retinad.plugins import flow_events
+
+    maps[b"fe_conn".decode()] = flow_events.CONN_MAP_LABEL
+    assert len(maps) == 5
     for bpf_name, label in maps.items():
         assert f"| `{label}` | `{bpf_name}` |" in DOC, label
