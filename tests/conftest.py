@@ -7,6 +7,10 @@ import socket
 
 import pytest
 
+from tests.netns import host, veth
+
+__all__ = ["host", "veth"]  # fixtures for every test: one private host namespace, one veth
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.geteuid() != 0:

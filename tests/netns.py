@@ -2,14 +2,26 @@
 
 Names are short and random (``rt`` + 6 hex) so parallel or leftover runs never collide,
 and everything a test makes is deleted in ``close()`` even when the test fails.
+
+The suite's one private-host fixture lives here too (tests/conftest.py offers it to every
+test): ``host`` is a fresh namespace the test thread enters (``inside``), so "the host's
+interfaces" mean only what the test made, and ``veth`` joins it to a fresh peer namespace.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import secrets
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+import pytest
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(
@@ -102,3 +114,56 @@ def veth_to(
 
 def delete_link(name: str) -> None:
     sh("ip", "link", "del", name, check=False)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def inside(ns: Netns) -> Iterator[Netns]:
+    """Run the calling thread (and what it starts) inside ``ns``; restore afterwards.
+
+    setns() moves only the calling thread; threads and subprocesses it starts later
+    inherit that namespace, which is how a plugin or daemon under test sees only ``ns``.
+    """
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield ns
+        finally:
+            _setns(original)
+    finally:
+        os.close(target)
+        os.close(original)
+
+
+HOST_IP = "10.88.0.1"
+PEER_IP = "10.88.0.2"
+"""The ``veth`` fixture's addresses (each test has its own namespaces: no clash)."""
+
+
+@pytest.fixture
+def host() -> Iterator[Netns]:
+    """A private "host" namespace that the test thread runs in for the whole test."""
+    h = Netns()
+    try:
+        with inside(h):
+            yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def veth(host: Netns) -> Iterator[VethLink]:
+    """A veth pair: ``host`` side HOST_IP in the private host namespace, the peer (eth0,
+    PEER_IP) in a fresh namespace of its own."""
+    c = Netns()
+    try:
+        yield veth_to(c, host_ip=HOST_IP, peer_ip=PEER_IP)
+    finally:
+        c.close()

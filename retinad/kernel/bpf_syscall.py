@@ -5,7 +5,8 @@ a second): programs and maps are compiled in a short-lived child (kernel/loader.
 arrive here as plain file descriptors. What the daemon then does with them is a handful of
 bpf() commands: element lookup/update/delete, lookup-and-delete, batch lookup, object info
 and test runs. libbpf1 has all of these too, but it is only a few fixed-layout structs
-(include/uapi/linux/bpf.h), and kernel/attach.py already calls the syscall the same way.
+(include/uapi/linux/bpf.h). This is the one wrapper of the syscall: kernel/tcx.py makes
+its links through ``bpf`` too.
 """
 
 from __future__ import annotations

@@ -371,6 +371,15 @@ class DropReasonPlugin:
             return "not started"
         return f"tracepoint {TRACEPOINT}, {self._names.reason_count} reasons from BTF"
 
+    @property
+    def map_id(self) -> int | None:
+        """The kernel id of the drop_counts map the scrapes read now (None when stopped):
+        for tests and diagnostics (``bpftool map dump id N``), which then read the map
+        from the kernel rather than through this plugin."""
+        with self._lock:
+            prog = self._prog
+            return None if prog is None else int(bpf_syscall.map_info(map_fd(prog.reader.table)).id)
+
     def healthy(self) -> bool:
         """Healthy while the sweeper thread (resolver changes -> ledger) runs."""
         return self._sweeper is not None and self._sweeper.alive

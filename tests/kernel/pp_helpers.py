@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,42 +19,19 @@ from prometheus_client.metrics_core import Metric
 from pyroute2 import IPRoute
 
 from retinad.config.schema import MetricsSettings, PacketParserSettings
-from retinad.kernel.attach import BPF_TCX_EGRESS, BPF_TCX_INGRESS, bpf_syscall, tcx_prog_ids
+from retinad.kernel.bpf_syscall import bpf
 from retinad.kernel.compile import find_bpf_dir
+from retinad.kernel.tcx import BPF_TCX_EGRESS, BPF_TCX_INGRESS, tcx_prog_ids
 from retinad.model import Endpoint
 from retinad.plugins.base import PluginContext
 from retinad.plugins.packetparser import PacketParser
 from retinad.resolvers.base import IPAddress, ResolverChain
 from tests.daemon_proc import wait_for
-from tests.netns import Netns
+from tests.netns import Netns, inside
 
-__all__ = ["wait_for"]  # re-exported: the suite's one poll-with-deadline
+__all__ = ["inside", "wait_for"]  # re-exported: tests/netns.py and the suite's poll helper
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def inside(ns: Netns) -> Iterator[Netns]:
-    """Run the calling thread (and what it starts) inside ``ns``; restore afterwards."""
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield ns
-        finally:
-            _setns(original)
-    finally:
-        os.close(target)
-        os.close(original)
 
 
 def ifindex(name: str) -> int:
@@ -213,7 +188,7 @@ def prog_test_run(prog_fd: int, frame: bytes, *, gso_segs: int = 0, gso_size: in
         ctx_size_in=SKB_CTX_SIZE,
         ctx_in=ctypes.addressof(ctx),
     )
-    bpf_syscall(BPF_PROG_TEST_RUN, attr)
+    bpf(BPF_PROG_TEST_RUN, attr)
     return ctypes.c_int32(attr.retval).value
 
 

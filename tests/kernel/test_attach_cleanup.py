@@ -3,42 +3,17 @@ run created removed by the next run (CreatedQdiscs), never a qdisc someone else 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
 
-from retinad.kernel.attach import (
-    STATE_DIR_ENV,
-    ClsactAttacher,
-    CreatedQdiscs,
-    Hook,
-    Program,
-)
-from tests.kernel.pp_helpers import ifindex, inside, make_plugin
+from retinad.kernel.attach import Hook, Program
+from retinad.kernel.clsact import STATE_DIR_ENV, ClsactAttacher, CreatedQdiscs
+from tests.kernel.pp_helpers import ifindex, make_plugin
 from tests.kernel.test_attach_packetparser import ours, qdiscs, run_and_kill9, settings_for
-from tests.netns import Netns, VethLink, sh, veth_to
-
-
-@pytest.fixture
-def host() -> Iterator[Netns]:
-    h = Netns()
-    try:
-        with inside(h):
-            yield h
-    finally:
-        h.close()
-
-
-@pytest.fixture
-def veth(host: Netns) -> Iterator[VethLink]:
-    c = Netns()
-    try:
-        yield veth_to(c, host_ip="10.88.1.1", peer_ip="10.88.1.2")
-    finally:
-        c.close()
+from tests.netns import Netns, VethLink, sh
 
 
 @pytest.fixture

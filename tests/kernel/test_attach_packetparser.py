@@ -11,26 +11,17 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from retinad.config.schema import InterfaceSelection, PacketParserSettings
 from retinad.errors import AttachError
-from retinad.kernel.attach import (
-    FILTER_HANDLE,
-    FILTER_PRIO,
-    ClsactAttacher,
-    Hook,
-    Program,
-    TcxAttacher,
-    make_attacher,
-    tcx_supported,
-)
+from retinad.kernel.attach import Hook, Program, make_attacher
+from retinad.kernel.clsact import FILTER_HANDLE, FILTER_PRIO, ClsactAttacher
+from retinad.kernel.tcx import TcxAttacher, tcx_supported
 from tests.kernel.pp_helpers import (
     ifindex,
-    inside,
     make_plugin,
     samples,
     send_udp,
@@ -42,25 +33,6 @@ from tests.kernel.pp_helpers import (
 from tests.netns import Netns, VethLink, sh, veth_to
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def host() -> Iterator[Netns]:
-    h = Netns()
-    try:
-        with inside(h):
-            yield h
-    finally:
-        h.close()
-
-
-@pytest.fixture
-def veth(host: Netns) -> Iterator[VethLink]:
-    c = Netns()
-    try:
-        yield veth_to(c, host_ip="10.88.0.1", peer_ip="10.88.0.2")
-    finally:
-        c.close()
 
 
 def settings_for(link: VethLink, mode: str) -> PacketParserSettings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,20 +12,10 @@ from retinad.config.schema import InterfaceSelection, PacketParserSettings
 from retinad.kernel.interfaces import Role
 from retinad.resolvers.host import HostResolver
 from tests.daemon_proc import wait_for
-from tests.kernel.pp_helpers import ifindex, inside, make_plugin, samples, send_udp, value
+from tests.kernel.pp_helpers import ifindex, make_plugin, samples, send_udp, value
 from tests.netns import Netns, delete_link, sh, veth_to
 
 PKTS = "retinad_endpoint_forward_packets_total"
-
-
-@pytest.fixture
-def host() -> Iterator[Netns]:
-    h = Netns()
-    try:
-        with inside(h):
-            yield h
-    finally:
-        h.close()
 
 
 def test_bridge_ports_and_neighbour_containers_never_move_a_veth(

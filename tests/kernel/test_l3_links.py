@@ -17,7 +17,7 @@ from scapy.packet import Raw
 
 from retinad.config.schema import InterfaceSelection, PacketParserSettings
 from tests.daemon_proc import wait_for
-from tests.kernel.pp_helpers import ifindex, inside, make_plugin, samples, send_udp, value
+from tests.kernel.pp_helpers import ifindex, make_plugin, samples, send_udp, value
 from tests.netns import Netns, sh
 
 TUNSETIFF = 0x400454CA
@@ -27,21 +27,16 @@ TUN = "rttun0"
 
 
 @pytest.fixture
-def tun() -> Iterator[int]:
-    """A tun device in a private "host" namespace, held open by this test (carrier up)."""
-    h = Netns()
+def tun(host: Netns) -> Iterator[int]:
+    """A tun device in the private "host" namespace, held open by this test (carrier up)."""
+    fd = os.open("/dev/net/tun", os.O_RDWR)
     try:
-        with inside(h):
-            fd = os.open("/dev/net/tun", os.O_RDWR)
-            try:
-                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", TUN.encode(), IFF_TUN | IFF_NO_PI))
-                sh("ip", "addr", "add", "10.83.0.1/24", "dev", TUN)
-                sh("ip", "link", "set", TUN, "up")
-                yield fd
-            finally:
-                os.close(fd)
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", TUN.encode(), IFF_TUN | IFF_NO_PI))
+        sh("ip", "addr", "add", "10.83.0.1/24", "dev", TUN)
+        sh("ip", "link", "set", TUN, "up")
+        yield fd
     finally:
-        h.close()
+        os.close(fd)
 
 
 def test_tun_counts_exactly_from_the_ip_header(tun: int) -> None:

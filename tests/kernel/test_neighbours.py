@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from retinad.config.schema import InterfaceSelection, PacketParserSettings
-from retinad.kernel.attach import (
+from retinad.kernel.attach import Hook
+from retinad.kernel.clsact import CLSACT_PARENT
+from retinad.kernel.tcx import (
     BPF_F_BEFORE,
     BPF_TCX_EGRESS,
     BPF_TCX_INGRESS,
-    CLSACT_PARENT,
-    Hook,
     tcx_link_create,
     tcx_prog_ids,
 )
@@ -161,7 +161,8 @@ def test_clsact_prio_1_of_another_kind_is_refused_and_left_alone(veth: VethLink)
     """tc allows one filter kind per priority: a foreign u32 at prio 1 makes our attach
     fail with reason "invalid" (DESIGN.md's neighbour rules); the u32 filter stays."""
     from retinad.errors import AttachError
-    from retinad.kernel.attach import ClsactAttacher, Program
+    from retinad.kernel.attach import Program
+    from retinad.kernel.clsact import ClsactAttacher
 
     dev = veth.host
     sh("tc", "qdisc", "add", "dev", dev, "clsact")

@@ -9,36 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from retinad.config.schema import InterfaceSelection, PacketParserSettings
 from retinad.errors import PluginError
-from retinad.kernel.attach import BPF_TCX_EGRESS, BPF_TCX_INGRESS, tcx_prog_ids
 from retinad.kernel.compile import find_bpf_dir
-from tests.kernel.pp_helpers import ifindex, inside, make_plugin, samples, send_udp, value
-from tests.netns import Netns, VethLink, veth_to
-
-
-@pytest.fixture
-def host() -> Iterator[Netns]:
-    h = Netns()
-    try:
-        with inside(h):
-            yield h
-    finally:
-        h.close()
-
-
-@pytest.fixture
-def veth(host: Netns) -> Iterator[VethLink]:
-    c = Netns()
-    try:
-        yield veth_to(c, host_ip="10.87.0.1", peer_ip="10.87.0.2")
-    finally:
-        c.close()
+from retinad.kernel.tcx import BPF_TCX_EGRESS, BPF_TCX_INGRESS, tcx_prog_ids
+from tests.kernel.pp_helpers import ifindex, make_plugin, samples, send_udp, value
+from tests.netns import VethLink
 
 
 def settings(link: VethLink, max_endpoints: int) -> PacketParserSettings:

@@ -26,7 +26,6 @@ from tests.kernel.pp_helpers import (
     Samples,
     ifindex,
     inject,
-    inside,
     mac_of,
     make_plugin,
     samples,
@@ -38,16 +37,6 @@ from tests.netns import Netns, VethLink, delete_link, veth_to
 
 NO_HOST = InterfaceSelection(include=["rt-none"])
 """An include that matches nothing: no host interfaces (never the machine's own)."""
-
-
-@pytest.fixture
-def host() -> Iterator[Netns]:
-    h = Netns()
-    try:
-        with inside(h):
-            yield h
-    finally:
-        h.close()
 
 
 class Containers:
