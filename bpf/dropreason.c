@@ -32,7 +32,12 @@
  * Endpoint address (advanced mode): the local side, destination for ingress and unknown,
  * source for egress.
  */
-#include <linux/skbuff.h>
+/* bcc builds the tracepoint's args struct from its format file, where the field is
+ * `enum skb_drop_reason reason` (5.17+). Declaring the enum with its 4-byte underlying type
+ * completes that type without #include <linux/skbuff.h>, which costs ~30 s of clang per
+ * compile under emulation (the kernel matrix) and >1 s natively; every struct sk_buff
+ * read goes through BTF offsets anyway. Harmless where the field does not exist. */
+enum skb_drop_reason : unsigned int;
 #include "retinad.h"
 
 #define ETH_P_IP_HOST 0x0800   /* the tracepoint's protocol field is in host order */
