@@ -193,7 +193,11 @@ def cmd_check(settings: Settings) -> int:
         config = Probe("config", "missing", str(err))
     rows = []
     bad = denied = 0
-    for probe in [config, *run_probes(docker_host=settings.resolvers.docker.host)]:
+    probes = run_probes(
+        docker_host=settings.resolvers.docker.host,
+        dropreason_request=settings.dropreason.source,
+    )
+    for probe in [config, *probes]:
         need = probe.name in needed
         verdict = {
             "ok": "ok",
@@ -236,7 +240,9 @@ def needed_probes(settings: Settings) -> set[str]:
         if settings.packetparser.attach_mode == "tcx":
             need.add("tcx")
     if settings.dropreason.enabled:
-        need |= {"btf", "tracefs", "tracepoints", "kfree_skb_reason"}
+        need |= {"btf", "tracefs", "dropreason_source"}
+        if settings.dropreason.source != "hooks":
+            need.add("tracepoints")
     if settings.packetparser.events.enabled:
         need.add("ringbuf" if settings.packetparser.events.transport == "ringbuf" else "tc")
     return need

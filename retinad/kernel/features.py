@@ -186,6 +186,46 @@ def has_tcx() -> bool:
         return kernel_version() >= (6, 6)
 
 
+DropSourceKind = Literal["tracepoint", "hooks", "none"]
+HOOK_POINTS = ("nf_hook_slow", "nf_nat_inet_fn", "tcp_v4_connect", "inet_csk_accept",
+               "__nf_conntrack_confirm")  # fmt: skip
+"""The fallback source's kprobe targets (Microsoft Retina's dropreason hook points)."""
+
+
+@dataclass(frozen=True)
+class DropSource:
+    """Which dropreason source runs here, and why (``retinad check`` and the start-up log)."""
+
+    kind: DropSourceKind
+    why: str
+
+
+def dropreason_source(requested: str = "auto") -> DropSource:
+    """Choose dropreason's source from what this kernel offers.
+
+    "auto" prefers the tracepoint wherever it has the reason field: it sees every freed
+    packet with the kernel's own, finer reason, while the hooks add a kprobe pair to
+    nf_hook_slow, which runs for every packet that meets a netfilter hook. The hooks
+    (kprobes) are the fallback for kernels before 5.17, or chosen by [dropreason] source.
+    """
+    has_reason = tracepoint_has_field("skb", "kfree_skb", "reason")
+    kprobes = has_kprobes()
+    hooks_why = "kprobes on " + ", ".join(HOOK_POINTS) + " (Retina's drop categories)"
+    if requested == "tracepoint" or (requested == "auto" and has_reason):
+        if has_reason:
+            why = "tracepoint skb:kfree_skb with kernel drop reasons"
+            if requested == "auto" and kprobes:
+                why += " (wins over the kprobe hooks: every drop, finer reasons)"
+            return DropSource("tracepoint", why)
+        return DropSource("none", "skb:kfree_skb has no reason field (kernel 5.17+ has)")
+    if kprobes:
+        why = hooks_why + ("" if has_reason else "; skb:kfree_skb has no reason field")
+        return DropSource("hooks", why)
+    if requested == "hooks":
+        return DropSource("none", "source = hooks needs kprobes (CONFIG_KPROBES)")
+    return DropSource("none", "skb:kfree_skb has no reason field and kprobes are unavailable")
+
+
 def effective_caps() -> set[str]:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -286,15 +326,18 @@ def _yes(
     return Probe(name, "ok", yes) if ok else Probe(name, "missing", no, fix)
 
 
-def run_probes(docker_host: str = "unix:///var/run/docker.sock") -> list[Probe]:
+def run_probes(
+    docker_host: str = "unix:///var/run/docker.sock", dropreason_request: str = "auto"
+) -> list[Probe]:
     """Every probe, in the order ``retinad check`` prints them; the docker row looks at
-    ``docker_host`` (the configured [resolvers.docker].host)."""
+    ``docker_host`` (the configured [resolvers.docker].host), the dropreason_source row at
+    ``dropreason_request`` (the configured [dropreason] source)."""
     rel = kernel_release()
     ver = kernel_version()
     probes: list[Probe] = []
     add = probes.append
     add(
-        Probe("kernel", "ok" if ver >= (5, 17) else "missing", rel, "drop reasons need 5.17+")
+        Probe("kernel", "ok", rel)
         if ver >= (5, 8)
         else Probe("kernel", "missing", rel, "retinad needs Linux 5.8 or newer")
     )
@@ -394,24 +437,30 @@ def run_probes(docker_host: str = "unix:///var/run/docker.sock") -> list[Probe]:
     )
     bpf_lacking = [c for c in lacking_capabilities() if c != "CAP_NET_ADMIN"]
     add(
-        Probe("kprobes", "ok", "kprobe_events present")
+        Probe("kprobes", "ok", "kprobe_events present (dropreason's fallback hooks can run)")
         if has_kprobes()
         else Probe("kprobes", "info", "not probed: tracefs is not readable by this process")
         if tdenied
         else Probe(
             "kprobes",
             "info",
-            "unavailable (CONFIG_KPROBES off): dropreason uses the tracepoint only",
+            "unavailable (CONFIG_KPROBES off): no dropreason fallback hooks",
         )
     )
     add(
-        Probe("fentry", "ok", "fentry/fexit programs load")
+        Probe("fentry", "ok", "fentry/fexit programs load (unused: the fallback uses kprobes)")
         if has_fentry()
         # fentry answers EPERM even to root on some kernels: only a lacking capability
         # makes that EPERM a privilege problem
         else Probe("fentry", "info", f"not probed: lacking {', '.join(bpf_lacking)}")
         if bpf_lacking
-        else Probe("fentry", "info", "unavailable: dropreason uses the tracepoint only")
+        else Probe("fentry", "info", "unavailable (the dropreason fallback uses kprobes)")
+    )
+    src = dropreason_source(dropreason_request)
+    add(
+        Probe("dropreason_source", "missing", src.why, "a 5.17+ kernel, or one with kprobes")
+        if src.kind == "none"
+        else Probe("dropreason_source", "ok", f"{src.kind}: {src.why}")
     )
     caps = effective_caps()
     lacking = lacking_capabilities(caps)

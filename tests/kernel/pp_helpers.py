@@ -129,7 +129,12 @@ def value(smp: Samples, metric: str, **labels: str) -> float:
 
 
 def tcx_count(ifidx: int) -> tuple[int, int]:
-    """How many tcx programs sit on (ingress, egress) of an interface."""
+    """How many tcx programs sit on (ingress, egress) of an interface (none where the
+    kernel has no tcx, before 6.6)."""
+    from retinad.kernel.features import has_tcx
+
+    if not has_tcx():
+        return 0, 0
     return len(tcx_prog_ids(ifidx, BPF_TCX_INGRESS)), len(tcx_prog_ids(ifidx, BPF_TCX_EGRESS))
 
 
