@@ -174,6 +174,7 @@ def has_fentry() -> bool:
         return False
 
 
+@cache
 def has_tcx() -> bool:
     """tcx (BPF_TCX_INGRESS/EGRESS links, 6.6+): the running kernel's BTF knows the attach type."""
     try:

@@ -45,6 +45,7 @@ from retinad.kernel.abi import (
     decode_addr,
 )
 from retinad.kernel.btf import VMLINUX_BTF, Btf
+from retinad.kernel.btf import load as load_btf
 from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames, load_names
 from retinad.kernel.features import PRIVILEGE_FIX, DropSource, dropreason_source, tracefs_denied
 from retinad.kernel.loader import PROG_TRACEPOINT
@@ -170,7 +171,7 @@ class DropReasonPlugin:
 
     def start(self) -> None:
         try:
-            btf = Btf.from_file(self._btf_path)
+            btf = load_btf(self._btf_path)
             self._source = dropreason_source(self._settings.source)
             if self._source.kind == "none":
                 raise KernelError(self._source.why)

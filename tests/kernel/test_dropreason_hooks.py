@@ -11,14 +11,15 @@ the program still compiles here and the rest skips with that reason.
   connect() with no route to the destination       TCP_CONNECT_BASIC    egress
   accept() on a socket that is not listening       TCP_ACCEPT_BASIC     ingress
   (an empty non-blocking accept, EAGAIN, is no drop)
-  conntrack insertion refused (a one-bucket table) CONNTRACK_ADD_DROP   ingress, equal to the
-                                                   kernel's own insert_failed counter
+  conntrack inserts into a one-page table          CONNTRACK_ADD_DROP   ingress, equal to the
+                                                   kernel's own insert_failed counter (which
+                                                   stayed 0 on Debian's 5.10 and 6.1: no
+                                                   insert failure could be made there)
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,39 +82,37 @@ def test_hooks_requested_without_kprobes_is_a_clear_error() -> None:
         p.start()
 
 
-@pytest.fixture
-def hooks_plugin() -> Iterator[DropReasonPlugin]:
-    p = make_plugin(settings=HOOKS)
-    p.start()
-    yield p
-    p.stop()
-
-
 @needs_kprobes
-def test_iptables_drop_nat_drop_connect_and_accept(
-    hooks_plugin: DropReasonPlugin,
-    pair: Pair,  # noqa: F811  (the fixture imported above)
-) -> None:
-    """One program, every packet-free and packet hook, exact counts (one compile: TCG)."""
-    p = hooks_plugin
-    assert "nf_hook_slow" in p.status() and "tcp_v4_connect" in p.status(), p.status()
-    # IPTABLE_RULE_DROP: 3 datagrams of 100 bytes, 128 bytes from the IP header on
-    pair.b.run("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5100", "-j", "DROP")
-    pair.send_udp(pair.ip_b, 5100, 3)
-    assert_drops(p, pair.ip_b, "IPTABLE_RULE_DROP", "ingress", 3, 3 * 128)
-
-    # IPTABLE_NAT_DROP: a drop verdict in a nat-type chain (nf_nat_inet_fn -> NF_DROP)
+def test_iptables_drop_nat_drop_connect_and_accept(pair: Pair) -> None:  # noqa: F811
+    """One program, every packet and socket-call hook, exact counts (one compile: TCG)."""
+    # The nat chain first: it loads nf_nat, whose nf_nat_inet_fn the plugin hooks at start.
     nat = (
-        "table ip rdnat { chain pre { type nat hook prerouting priority -100; "
-        "udp dport 5101 drop; } }"
+        "table ip rdnat {\n chain pre {\n  type nat hook prerouting priority -100;\n"
+        "  udp dport 5101 drop\n }\n}\n"
     )
     pair.b.run("nft", "-f", "-", input=nat.encode())
-    if "nf_nat_inet_fn" not in p.status():  # nf_nat was not loaded when the plugin started
+    p = make_plugin(settings=HOOKS)
+    p.start()
+    try:
+        check_every_hook(p, net=pair)
+    finally:
         p.stop()
-        p.start()
-    pair.send_udp(pair.ip_b, 5101, 2)
-    assert_drops(p, pair.ip_b, "IPTABLE_NAT_DROP", "ingress", 2, 2 * 128)
-    assert_drops(p, pair.ip_b, "IPTABLE_RULE_DROP", "ingress", 3 + 2, 5 * 128)
+
+
+def check_every_hook(p: DropReasonPlugin, net: Pair) -> None:
+    assert p.status() == (
+        "Retina hooks: kprobes on nf_hook_slow, nf_nat_inet_fn, tcp_v4_connect, "
+        "inet_csk_accept, __nf_conntrack_confirm"
+    )
+    # IPTABLE_RULE_DROP: 3 datagrams of 100 bytes, 128 bytes from the IP header on
+    net.b.run("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5100", "-j", "DROP")
+    net.send_udp(net.ip_b, 5100, 3)
+    assert_drops(p, net.ip_b, "IPTABLE_RULE_DROP", "ingress", 3, 3 * 128)
+
+    # IPTABLE_NAT_DROP: a drop verdict in a nat-type chain (nf_nat_inet_fn -> NF_DROP)
+    net.send_udp(net.ip_b, 5101, 2)
+    assert_drops(p, net.ip_b, "IPTABLE_NAT_DROP", "ingress", 2, 2 * 128)
+    assert_drops(p, net.ip_b, "IPTABLE_RULE_DROP", "ingress", 3 + 2, 5 * 128)
 
     # TCP_CONNECT_BASIC: connect() fails in tcp_v4_connect (no route from a)
     script = (
@@ -126,7 +125,7 @@ def test_iptables_drop_nat_drop_connect_and_accept(
         "        assert e.errno == 101, e\n"  # ENETUNREACH
         "    s.close()\n"
     )
-    pair.a.run("python3", "-c", script)
+    net.a.run("python3", "-c", script)
     assert wait_value(lambda: basic_ep(p, "TCP_CONNECT_BASIC", "egress"), 3) == 3
 
     # TCP_ACCEPT_BASIC: accept() on a bound socket that is not listening (EINVAL), twice;
@@ -186,9 +185,9 @@ def test_conntrack_insert_failure_counts_what_the_kernel_counts(pair: Pair) -> N
         )
         pair.a.run("python3", "-c", script, pair.ip_b)
         failed = insert_failed(pair.b) - before
-        if failed == 0:
-            pytest.skip("this kernel refused no conntrack insert (no chain length limit)")
         got = wait_value(lambda: basic_ep(p, "CONNTRACK_ADD_DROP", "ingress"), failed)
+        # Exact either way; on Debian's 5.10 and 6.1 the kernel itself refused none of these
+        # inserts (insert_failed stayed 0), so there this proves no false positives only.
         assert got == failed
     finally:
         HASHSIZE.write_text(old)
