@@ -10,7 +10,7 @@ out=/mnt/out
 kver=$(uname -r)
 export PYTHONPATH=/mnt/repo:/opt/retinad-py PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export RETINAD_BPF_DIR=/mnt/repo/bpf
-export HOME=/root PATH=/opt/retinad-py/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root PATH=/opt/retinad-py/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 cd /mnt/repo || exit 1
 echo "RETINAD-KMATRIX: kernel $kver, bcc $(python3 -c 'import bcc; print(bcc.__version__)' 2>&1)"
 python3 -m retinad check >"$out/probes.txt" 2>&1

@@ -241,7 +241,9 @@ time.sleep(3600)
 
 def run_and_kill9(host: Netns, dev: str, mode: str) -> None:
     """Start the plugin in a subprocess in ``host``, wait until attached, kill -9 it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the checkout first, then whatever path the suite itself runs with (a guest's packages)
+    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     with subprocess.Popen(
         ["ip", "netns", "exec", host.name, sys.executable, "-c", RUNNER, dev, mode],
         stdout=subprocess.PIPE,

@@ -86,9 +86,12 @@ def test_hooks_requested_without_kprobes_is_a_clear_error() -> None:
 def test_iptables_drop_nat_drop_connect_and_accept(pair: Pair) -> None:  # noqa: F811
     """One program, every packet and socket-call hook, exact counts (one compile: TCG)."""
     # The nat chain first: it loads nf_nat, whose nf_nat_inet_fn the plugin hooks at start.
+    # A nat chain runs only on conntracked packets: the ct rule turns conntrack on in b.
     nat = (
-        "table ip rdnat {\n chain pre {\n  type nat hook prerouting priority -100;\n"
-        "  udp dport 5101 drop\n }\n}\n"
+        "table ip rdnat {\n"
+        " chain track {\n  type filter hook prerouting priority 0;\n  ct state new counter\n }\n"
+        " chain pre {\n  type nat hook prerouting priority -100;\n  udp dport 5101 drop\n }\n"
+        "}\n"
     )
     pair.b.run("nft", "-f", "-", input=nat.encode())
     p = make_plugin(settings=HOOKS)
