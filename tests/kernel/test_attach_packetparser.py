@@ -253,7 +253,9 @@ def run_and_kill9(host: Netns, dev: str, mode: str) -> None:
     ) as proc:
         try:
             assert proc.stdout is not None and proc.stderr is not None
-            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            # a deadline, not a speed claim: the runner imports bcc and compiles, which
+            # takes seconds natively and minutes under emulation (make test-kernels)
+            ready, _, _ = select.select([proc.stdout], [], [], 240)
             line = proc.stdout.readline().decode() if ready else ""
             if not line.startswith("ready attached to 1 interfaces"):
                 proc.kill()
