@@ -9,7 +9,7 @@
 # 0 whatever the tests did, so the verdict is the rc file guest-run.sh writes last.
 #
 # Env: RETINAD_KM_TESTS   pytest arguments, space separated (default: the set below)
-#      RETINAD_KM_TIMEOUT seconds per guest before it is killed (default 1500)
+#      RETINAD_KM_TIMEOUT seconds per guest before it is killed (default 2700)
 #      RETINAD_KM_OUT     where results go (default: a new /tmp/retinad-kmatrix-out.*)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +28,7 @@ tests/unit/test_check.py::test_check_reports_what_the_probes_find
 tests/unit/test_check.py::test_hooks_source_needs_kprobes
 --deselect=tests/kernel/test_packetparser_veth.py::test_hot_attach_new_veth_counted_within_one_second"
 TESTS=${RETINAD_KM_TESTS:-$DEFAULT_TESTS}
-TIMEOUT=${RETINAD_KM_TIMEOUT:-1500}
+TIMEOUT=${RETINAD_KM_TIMEOUT:-2700}
 
 log() { printf '[kernel-matrix] %s\n' "$*" >&2; }
 start=$(date +%s)
