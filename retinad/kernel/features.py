@@ -18,6 +18,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from retinad.kernel import kprobe
+
 Status = Literal["ok", "missing", "info", "denied"]
 """ok / missing (the kernel or host lacks it) / info / denied: this process lacks the
 privileges to find out, which says nothing about the kernel."""
@@ -161,9 +163,10 @@ def tracepoint_has_field(category: str, event: str, field: str) -> bool:
 
 
 def has_kprobes() -> bool:
-    """kprobe_events exists only in kernels built with CONFIG_KPROBES (and kprobe tracing)."""
-    d = tracefs_dir()
-    return d is not None and (d / "kprobe_events").exists()
+    """The kprobe PMU exists only in kernels built with CONFIG_KPROBES; it is how the daemon
+    attaches kprobes (kernel/kprobe.py), so it is what the fallback needs, not tracefs's
+    kprobe_events."""
+    return kprobe.available()
 
 
 def has_fentry() -> bool:
@@ -187,7 +190,7 @@ def has_tcx() -> bool:
         return kernel_version() >= (6, 6)
 
 
-DropSourceKind = Literal["tracepoint", "hooks", "none"]
+DropSourceKind = Literal["tracepoint", "hooks", "none", "denied"]
 HOOK_POINTS = ("nf_hook_slow", "nf_nat_inet_fn", "tcp_v4_connect", "inet_csk_accept",
                "__nf_conntrack_confirm")  # fmt: skip
 """The fallback source's kprobe targets (Microsoft Retina's dropreason hook points)."""
@@ -209,6 +212,9 @@ def dropreason_source(requested: str = "auto") -> DropSource:
     nf_hook_slow, which runs for every packet that meets a netfilter hook. The hooks
     (kprobes) are the fallback for kernels before 5.17, or chosen by [dropreason] source.
     """
+    if requested != "hooks" and tracefs_dir() is None and tracefs_denied() is not None:
+        # whether the tracepoint has a reason is unknowable here: a privilege, not a kernel
+        return DropSource("denied", "not probed: tracefs is not readable by this process")
     has_reason = tracepoint_has_field("skb", "kfree_skb", "reason")
     kprobes = has_kprobes()
     hooks_why = "kprobes on " + ", ".join(HOOK_POINTS) + " (Retina's drop categories)"
@@ -438,10 +444,8 @@ def run_probes(
     )
     bpf_lacking = [c for c in lacking_capabilities() if c != "CAP_NET_ADMIN"]
     add(
-        Probe("kprobes", "ok", "kprobe_events present (dropreason's fallback hooks can run)")
+        Probe("kprobes", "ok", "kprobe PMU present (dropreason's fallback hooks can run)")
         if has_kprobes()
-        else Probe("kprobes", "info", "not probed: tracefs is not readable by this process")
-        if tdenied
         else Probe(
             "kprobes",
             "info",
@@ -461,6 +465,8 @@ def run_probes(
     add(
         Probe("dropreason_source", "missing", src.why, "a 5.17+ kernel, or one with kprobes")
         if src.kind == "none"
+        else Probe("dropreason_source", "denied", src.why, PRIVILEGE_FIX)
+        if src.kind == "denied"
         else Probe("dropreason_source", "ok", f"{src.kind}: {src.why}")
     )
     caps = effective_caps()

@@ -24,8 +24,9 @@ from typing import Any
 from retinad.errors import AttachError, KernelError
 from retinad.kernel.abi import HOOK_REASON_NAMES
 from retinad.kernel.btf import Btf
-from retinad.kernel.compile import compile_program
 from retinad.kernel.dropreasons import DropReasonNames
+from retinad.kernel.loader import PROG_KPROBE
+from retinad.kernel.loader import load as load_program
 
 SOURCE_FILE = "dropreason_hooks.c"
 
@@ -92,9 +93,11 @@ def build(
     prepare: Callable[[Any], None],
     logger: logging.Logger,
 ) -> tuple[Any, Attached]:
-    """Compile bpf/dropreason_hooks.c, run ``prepare`` on it (the plugin's overflow key),
-    then attach every hook this kernel has. Raises AttachError when none attaches."""
-    bpf = compile_program(bpf_dir, SOURCE_FILE, defines)
+    """Compile bpf/dropreason_hooks.c in the compile child (kernel/loader.py), run
+    ``prepare`` on it (the plugin's overflow key), then attach every hook this kernel has
+    from this process (kernel/kprobe.py). Raises AttachError when none attaches."""
+    programs = {name: PROG_KPROBE for h in HOOKS for name in (h.entry, h.ret) if name is not None}
+    bpf = load_program(bpf_dir, SOURCE_FILE, defines, programs)
     try:
         prepare(bpf)
         attached = _attach(bpf)
