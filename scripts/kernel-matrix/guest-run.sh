@@ -10,6 +10,8 @@ out=/mnt/out
 kver=$(uname -r)
 export PYTHONPATH=/mnt/repo:/opt/retinad-py PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export RETINAD_BPF_DIR=/mnt/repo/bpf
+# bcc under TCG: one compile of dropreason_hooks.c took over 120 s on a loaded host
+export RETINAD_COMPILE_TIMEOUT_SECONDS=1500
 export HOME=/root PATH=/opt/retinad-py/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 cd /mnt/repo || exit 1
 echo "RETINAD-KMATRIX: kernel $kver, bcc $(python3 -c 'import bcc; print(bcc.__version__)' 2>&1)"
