@@ -6,12 +6,12 @@
  *
  *   reason (retinad.h)           hook                         counted when
  *   HOOK_IPTABLE_RULE_DROP       kprobe+kretprobe nf_hook_slow   it returns < 0 (NF_DROP)
- *   HOOK_IPTABLE_NAT_DROP        kprobe+kretprobe nf_nat_inet_fn it returns NF_DROP (0)
+ *   HOOK_IPTABLE_NAT_DROP        kprobe+kretprobe nf_nat_inet_fn its verdict drops (nf_verdict_drops)
  *   HOOK_TCP_CONNECT_BASIC       kretprobe tcp_v4_connect        it returns != 0
  *   HOOK_TCP_ACCEPT_BASIC        kprobe+kretprobe inet_csk_accept it returns NULL with an
  *                                error other than -EAGAIN (an empty non-blocking accept
  *                                queue is no drop: Retina PR #2473)
- *   HOOK_CONNTRACK_ADD_DROP      kprobe+kretprobe __nf_conntrack_confirm it returns NF_DROP
+ *   HOOK_CONNTRACK_ADD_DROP      kprobe+kretprobe __nf_conntrack_confirm its verdict drops
  *
  * The entry probe reads the packet (key and length, as bpf/drop_common.h does for the
  * tracepoint) while the skb is still alive and parks it per task (per CPU in softirq
@@ -54,6 +54,20 @@ static __always_inline void count(struct drop_key *key, __u32 len)
 }
 
 #define NF_DROP_VERDICT 0
+#define NF_STOLEN_VERDICT 2
+#define NF_VERDICT_MASK 0xff
+#define NF_VERDICT_QBITS 16
+
+/* Whether a netfilter verdict drops the packet. NF_DROP, with or without an errno in the
+ * high bits (NF_DROP_ERR); and NF_STOLEN with an errno, which is NF_DROP_REASON(): the hook
+ * freed the skb itself with a drop reason (seen on Debian's 6.1.0-57: a drop in an nft
+ * nat chain returns 0x10002 from nf_nat_inet_fn, and nf_hook_slow turns it into -EPERM).
+ * A plain NF_STOLEN (no errno) is a hook keeping the packet, not a drop. */
+static __always_inline int nf_verdict_drops(__u32 v)
+{
+    __u32 code = v & NF_VERDICT_MASK;
+    return code == NF_DROP_VERDICT || (code == NF_STOLEN_VERDICT && (v >> NF_VERDICT_QBITS) != 0);
+}
 #define ERR_EAGAIN 11
 
 struct parked {
@@ -135,7 +149,7 @@ int on_nf_nat_inet_fn(struct pt_regs *ctx)
 
 int on_nf_nat_inet_fn_ret(struct pt_regs *ctx)
 {
-    unpark(HOOK_NAT, (unsigned int)PT_REGS_RC(ctx) == NF_DROP_VERDICT);
+    unpark(HOOK_NAT, nf_verdict_drops((__u32)PT_REGS_RC(ctx)));
     return 0;
 }
 
@@ -147,7 +161,7 @@ int on_nf_conntrack_confirm(struct pt_regs *ctx)
 
 int on_nf_conntrack_confirm_ret(struct pt_regs *ctx)
 {
-    unpark(HOOK_CONFIRM, (unsigned int)PT_REGS_RC(ctx) == NF_DROP_VERDICT);
+    unpark(HOOK_CONFIRM, nf_verdict_drops((__u32)PT_REGS_RC(ctx)));
     return 0;
 }
 
