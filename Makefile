@@ -2,6 +2,8 @@
 #   make run    set up and run the daemon in the foreground (embedded default config
 #               unless /etc/retinad/retinad.toml exists; extra flags: make run ARGS="...")
 #   make test   set up and run every test, plus ruff and mypy
+#   make test-kernels  the kernel-tier tests inside Debian 12's 6.1 and Debian 11's 5.10
+#               kernels under qemu, both at once (scripts/kernel-matrix/; image cached)
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -63,6 +65,12 @@ test-image: setup-dev
 # instances) and alternative (TLS, auth, reload) on real systemd containers (~5 min).
 test-ansible: setup-dev package
 	bash scripts/test-ansible.sh
+
+# The kernel matrix: this suite inside qemu guests booting Debian's 6.1 and 5.10 kernels
+# (scripts/kernel-matrix/run.sh; slow, not part of `make test`).
+.PHONY: test-kernels
+test-kernels: setup-dev
+	bash scripts/kernel-matrix/run.sh
 
 clean:
 	rm -rf $(VENV) .venv-ansible .mypy_cache .ruff_cache .pytest_cache

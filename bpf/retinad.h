@@ -91,6 +91,14 @@ struct drop_key {
     __u8 addr[16];
 };
 
+/* drop_key.reason of bpf/dropreason_hooks.c (the fallback source): Microsoft Retina's own
+ * category numbers (its drop_reason.h), named by retinad.kernel.abi.HOOK_REASON_NAMES. */
+#define RETINAD_HOOK_IPTABLE_RULE_DROP 0
+#define RETINAD_HOOK_IPTABLE_NAT_DROP 1
+#define RETINAD_HOOK_TCP_CONNECT_BASIC 2
+#define RETINAD_HOOK_TCP_ACCEPT_BASIC 3
+#define RETINAD_HOOK_CONNTRACK_ADD_DROP 5
+
 struct drop_value {
     __u64 packets;
     __u64 bytes;

@@ -194,7 +194,13 @@ def cmd_check(settings: Settings) -> int:
         config = Probe("config", "missing", str(err))
     rows = []
     bad = denied = 0
-    probes = [config, *run_probes(docker_host=settings.resolvers.docker.host)]
+    probes = [
+        config,
+        *run_probes(
+            docker_host=settings.resolvers.docker.host,
+            dropreason_request=settings.dropreason.source,
+        ),
+    ]
     if settings.packetparser.events.enabled:
         probes.append(flow_events_probe(settings.packetparser.events.transport))
     for probe in probes:
@@ -240,7 +246,9 @@ def needed_probes(settings: Settings) -> set[str]:
         if settings.packetparser.attach_mode == "tcx":
             need.add("tcx")
     if settings.dropreason.enabled:
-        need |= {"btf", "tracefs", "tracepoints", "kfree_skb_reason"}
+        need |= {"btf", "tracefs", "dropreason_source"}
+        if settings.dropreason.source != "hooks":
+            need.add("tracepoints")
     if settings.packetparser.events.enabled:
         need.add("flow_events")
         if settings.packetparser.events.transport == "ringbuf":

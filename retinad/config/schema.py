@@ -150,6 +150,10 @@ class DropReasonSettings:
     enabled: bool = True
     max_entries: int = _bounded(8192, 64, 1 << 20)
     """Capacity of the drop map; when full, counts go to an overflow series."""
+    source: Literal["auto", "tracepoint", "hooks"] = "auto"
+    """Where drops are seen: the skb:kfree_skb tracepoint (kernel reasons, 5.17+), Retina's
+    kprobe hook points (its categories, any kernel with kprobes), or "auto" (the tracepoint
+    where it has reasons, else the hooks)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,16 @@ FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6
 FAMILY_OVERFLOW = 255
 
+HOOK_REASON_NAMES: dict[int, str] = {
+    0: "IPTABLE_RULE_DROP",
+    1: "IPTABLE_NAT_DROP",
+    2: "TCP_CONNECT_BASIC",
+    3: "TCP_ACCEPT_BASIC",
+    5: "CONNTRACK_ADD_DROP",
+}
+"""drop_key.reason of the fallback source (RETINAD_HOOK_* in retinad.h): Retina's own
+category numbers and names (4, TCP_CLOSE_BASIC, has no hook even in Retina)."""
+
 TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 """Index i of traffic_value.tcp_flags counts packets with this flag (RETINAD_TCP_*)."""
 TCP_NFLAGS = len(TCP_FLAG_NAMES)

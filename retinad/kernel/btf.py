@@ -16,7 +16,9 @@ is read on top of its base. Nothing here touches the kernel beyond reading a fil
 
 from __future__ import annotations
 
+import functools
 import lzma
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +339,23 @@ def drop_reason_subsystems(btf: Btf) -> dict[int, str]:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed(path: str, size: int, mtime_ns: int) -> Btf:
+    return Btf.from_file(path)
+
+
+def load(path: str | Path) -> Btf:
+    """``Btf.from_file``, parsed once per process while the file is unchanged (same size and
+    mtime). The running kernel's BTF never changes, and parsing its ~5 MB in Python takes
+    seconds natively and about a minute under emulation (make test-kernels), once per
+    plugin start and per feature probe without this."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return Btf.from_file(path)  # raises the BtfError that names the problem
+    return _parsed(str(path), st.st_size, st.st_mtime_ns)
+
+
 def read_drop_reasons(path: str | Path = VMLINUX_BTF) -> dict[int, str]:
     """``enum skb_drop_reason`` of the BTF blob at ``path`` as ``{value: name}``."""
     return drop_reasons(Btf.from_file(path))
@@ -345,7 +364,7 @@ def read_drop_reasons(path: str | Path = VMLINUX_BTF) -> dict[int, str]:
 def enum_has_member(path: str | Path, enum_name: str, member: str) -> bool:
     """Whether ``enum enum_name`` in the BTF at ``path`` has the constant ``member``
     (e.g. bpf_attach_type / BPF_TCX_INGRESS for tcx). Raises BtfError if unreadable."""
-    values = Btf.from_file(path).enum(enum_name)
+    values = load(path).enum(enum_name)
     return values is not None and member in values.values()
 
 

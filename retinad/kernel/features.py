@@ -18,6 +18,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from retinad.kernel import kprobe
+
 Status = Literal["ok", "missing", "info", "denied"]
 """ok / missing (the kernel or host lacks it) / info / denied: this process lacks the
 privileges to find out, which says nothing about the kernel."""
@@ -161,9 +163,10 @@ def tracepoint_has_field(category: str, event: str, field: str) -> bool:
 
 
 def has_kprobes() -> bool:
-    """kprobe_events exists only in kernels built with CONFIG_KPROBES (and kprobe tracing)."""
-    d = tracefs_dir()
-    return d is not None and (d / "kprobe_events").exists()
+    """The kprobe PMU exists only in kernels built with CONFIG_KPROBES; it is how the daemon
+    attaches kprobes (kernel/kprobe.py), so it is what the fallback needs, not tracefs's
+    kprobe_events."""
+    return kprobe.available()
 
 
 def has_fentry() -> bool:
@@ -174,6 +177,7 @@ def has_fentry() -> bool:
         return False
 
 
+@cache
 def has_tcx() -> bool:
     """tcx (BPF_TCX_INGRESS/EGRESS links, 6.6+): the running kernel's BTF knows the attach type."""
     try:
@@ -184,6 +188,49 @@ def has_tcx() -> bool:
         return enum_has_member(BTF_PATH, "bpf_attach_type", "BPF_TCX_INGRESS")
     except Exception:
         return kernel_version() >= (6, 6)
+
+
+DropSourceKind = Literal["tracepoint", "hooks", "none", "denied"]
+HOOK_POINTS = ("nf_hook_slow", "nf_nat_inet_fn", "tcp_v4_connect", "inet_csk_accept",
+               "__nf_conntrack_confirm")  # fmt: skip
+"""The fallback source's kprobe targets (Microsoft Retina's dropreason hook points)."""
+
+
+@dataclass(frozen=True)
+class DropSource:
+    """Which dropreason source runs here, and why (``retinad check`` and the start-up log)."""
+
+    kind: DropSourceKind
+    why: str
+
+
+def dropreason_source(requested: str = "auto") -> DropSource:
+    """Choose dropreason's source from what this kernel offers.
+
+    "auto" prefers the tracepoint wherever it has the reason field: it sees every freed
+    packet with the kernel's own, finer reason, while the hooks add a kprobe pair to
+    nf_hook_slow, which runs for every packet that meets a netfilter hook. The hooks
+    (kprobes) are the fallback for kernels before 5.17, or chosen by [dropreason] source.
+    """
+    if requested != "hooks" and tracefs_dir() is None and tracefs_denied() is not None:
+        # whether the tracepoint has a reason is unknowable here: a privilege, not a kernel
+        return DropSource("denied", "not probed: tracefs is not readable by this process")
+    has_reason = tracepoint_has_field("skb", "kfree_skb", "reason")
+    kprobes = has_kprobes()
+    hooks_why = "kprobes on " + ", ".join(HOOK_POINTS) + " (Retina's drop categories)"
+    if requested == "tracepoint" or (requested == "auto" and has_reason):
+        if has_reason:
+            why = "tracepoint skb:kfree_skb with kernel drop reasons"
+            if requested == "auto" and kprobes:
+                why += " (wins over the kprobe hooks: every drop, finer reasons)"
+            return DropSource("tracepoint", why)
+        return DropSource("none", "skb:kfree_skb has no reason field (kernel 5.17+ has)")
+    if kprobes:
+        why = hooks_why + ("" if has_reason else "; skb:kfree_skb has no reason field")
+        return DropSource("hooks", why)
+    if requested == "hooks":
+        return DropSource("none", "source = hooks needs kprobes (CONFIG_KPROBES)")
+    return DropSource("none", "skb:kfree_skb has no reason field and kprobes are unavailable")
 
 
 def effective_caps() -> set[str]:
@@ -315,15 +362,18 @@ def flow_events_probe(wanted: str) -> Probe:
     return Probe("flow_events", "ok", f"transport {chosen} ({how})")
 
 
-def run_probes(docker_host: str = "unix:///var/run/docker.sock") -> list[Probe]:
+def run_probes(
+    docker_host: str = "unix:///var/run/docker.sock", dropreason_request: str = "auto"
+) -> list[Probe]:
     """Every probe, in the order ``retinad check`` prints them; the docker row looks at
-    ``docker_host`` (the configured [resolvers.docker].host)."""
+    ``docker_host`` (the configured [resolvers.docker].host), the dropreason_source row at
+    ``dropreason_request`` (the configured [dropreason] source)."""
     rel = kernel_release()
     ver = kernel_version()
     probes: list[Probe] = []
     add = probes.append
     add(
-        Probe("kernel", "ok" if ver >= (5, 17) else "missing", rel, "drop reasons need 5.17+")
+        Probe("kernel", "ok", rel)
         if ver >= (5, 8)
         else Probe("kernel", "missing", rel, "retinad needs Linux 5.8 or newer")
     )
@@ -423,24 +473,30 @@ def run_probes(docker_host: str = "unix:///var/run/docker.sock") -> list[Probe]:
     )
     bpf_lacking = [c for c in lacking_capabilities() if c != "CAP_NET_ADMIN"]
     add(
-        Probe("kprobes", "ok", "kprobe_events present")
+        Probe("kprobes", "ok", "kprobe PMU present (dropreason's fallback hooks can run)")
         if has_kprobes()
-        else Probe("kprobes", "info", "not probed: tracefs is not readable by this process")
-        if tdenied
         else Probe(
             "kprobes",
             "info",
-            "unavailable (CONFIG_KPROBES off): dropreason uses the tracepoint only",
+            "unavailable (CONFIG_KPROBES off): no dropreason fallback hooks",
         )
     )
     add(
-        Probe("fentry", "ok", "fentry/fexit programs load")
+        Probe("fentry", "ok", "fentry/fexit programs load (unused: the fallback uses kprobes)")
         if has_fentry()
         # fentry answers EPERM even to root on some kernels: only a lacking capability
         # makes that EPERM a privilege problem
         else Probe("fentry", "info", f"not probed: lacking {', '.join(bpf_lacking)}")
         if bpf_lacking
-        else Probe("fentry", "info", "unavailable: dropreason uses the tracepoint only")
+        else Probe("fentry", "info", "unavailable (the dropreason fallback uses kprobes)")
+    )
+    src = dropreason_source(dropreason_request)
+    add(
+        Probe("dropreason_source", "missing", src.why, "a 5.17+ kernel, or one with kprobes")
+        if src.kind == "none"
+        else Probe("dropreason_source", "denied", src.why, PRIVILEGE_FIX)
+        if src.kind == "denied"
+        else Probe("dropreason_source", "ok", f"{src.kind}: {src.why}")
     )
     caps = effective_caps()
     lacking = lacking_capabilities(caps)

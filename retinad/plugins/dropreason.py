@@ -6,10 +6,11 @@ running kernel's BTF (retinad.kernel.dropreasons); so do the struct sk_buff offs
 program reads, because bcc compiles against whatever headers are installed.
 
 Retina's own hooks (kprobes on nf_hook_slow, nf_nat_inet_fn, tcp_v4_connect,
-inet_csk_accept, __nf_conntrack_confirm) are not used: the tracepoint sees every one of
-those packet drops with a finer reason, and the kernels that lack the tracepoint's reason
-field are the ones this release does not support. Whether kprobes exist is still logged,
-so an operator knows which source runs.
+inet_csk_accept, __nf_conntrack_confirm) are the fallback source
+(retinad/plugins/dropreason_hooks.py), chosen by retinad.kernel.features.dropreason_source
+where the tracepoint has no reason field or by ``source = "hooks"``; where both exist the
+tracepoint wins (it sees every one of those drops with a finer reason, and adds no probe to
+netfilter's per-packet path). Both fill the same map, so everything below is shared.
 
 Collection: one batch read per scrape; the basic series sum over every address and
 protocol; advanced mode adds per-endpoint series named by the resolver. When the map is
@@ -45,13 +46,15 @@ from retinad.kernel.abi import (
     decode_addr,
 )
 from retinad.kernel.btf import VMLINUX_BTF, Btf
+from retinad.kernel.btf import load as load_btf
 from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames, load_names
-from retinad.kernel.features import PRIVILEGE_FIX, tracefs_denied
+from retinad.kernel.features import PRIVILEGE_FIX, DropSource, dropreason_source, tracefs_denied
 from retinad.kernel.loader import PROG_TRACEPOINT
 from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader, map_fd, possible_cpus
 from retinad.kernel.tracepoint import tracepoint_exists
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
+from retinad.plugins import dropreason_hooks
 from retinad.plugins.base import PluginContext
 from retinad.plugins.sweeper import Sweeper
 from retinad.resolvers.base import ResolverChain
@@ -100,17 +103,24 @@ def kernel_defines(btf: Btf, names: DropReasonNames) -> dict[str, int]:
             f"{TRACEPOINT} reports drop reasons from kernel 5.17 on"
         )
     defines: dict[str, int] = {
-        "RETINAD_HAS_RX_SK": int(btf.member(TRACEPOINT_STRUCT, "rx_sk") is not None)
+        "RETINAD_HAS_RX_SK": int(btf.member(TRACEPOINT_STRUCT, "rx_sk") is not None),
+        **skb_offsets(btf),
     }
+    for name in (NOT_DROPPED_YET, CONSUMED):
+        value = names.value(name)
+        defines[f"RETINAD_REASON_{name}"] = -1 if value is None else value
+    return defines
+
+
+def skb_offsets(btf: Btf) -> dict[str, int]:
+    """RETINAD_SKB_OFF_* for the SKB_FIELDS, from BTF (both sources read them)."""
+    defines: dict[str, int] = {}
     for field, size in SKB_FIELDS.items():
         m = btf.member("sk_buff", field)
         if m is None or m.size != size:
             got = "absent" if m is None else f"{m.size} bytes"
             raise KernelError(f"{btf.source}: struct sk_buff.{field}: expected {size} bytes, {got}")
         defines[f"RETINAD_SKB_OFF_{field.upper()}"] = m.offset
-    for name in (NOT_DROPPED_YET, CONSUMED):
-        value = names.value(name)
-        defines[f"RETINAD_REASON_{name}"] = -1 if value is None else value
     return defines
 
 
@@ -152,6 +162,8 @@ class DropReasonPlugin:
         self._prog: _Program | None = None
         self._lock = threading.Lock()
         self._sweeper: Sweeper | None = None
+        self._source = DropSource("none", "not started")
+        self._hooked: dropreason_hooks.Attached | None = None
 
     @property
     def names(self) -> DropReasonNames:
@@ -164,9 +176,16 @@ class DropReasonPlugin:
 
     def start(self) -> None:
         try:
-            btf = Btf.from_file(self._btf_path)
-            self._names = load_names(btf, self._module_btf_dir)
-            self._defines = kernel_defines(btf, self._names)
+            btf = load_btf(self._btf_path)
+            self._source = dropreason_source(self._settings.source)
+            if self._source.kind == "none":
+                raise KernelError(self._source.why)
+            if self._source.kind == "hooks":
+                self._names = dropreason_hooks.NAMES
+                self._defines = dropreason_hooks.kernel_defines(btf, skb_offsets(btf))
+            else:
+                self._names = load_names(btf, self._module_btf_dir)
+                self._defines = kernel_defines(btf, self._names)
             self._prog = self._build(self._settings, self._metrics)
         except KernelError as err:
             raise PluginError(f"dropreason: {err}") from err
@@ -174,6 +193,9 @@ class DropReasonPlugin:
             self._ctx.resolver, self._account, logger=self._log, name="dropreason-sweep"
         )
         self._sweeper.start()
+        if self._hooked is not None:
+            self._log.info("dropreason: source %s; %s", self._source.why, self._hooked.describe())
+            return
         source = "kprobes present but unused" if kprobes_available() else "no kprobes"
         self._log.info(
             "dropreason: source tracepoint %s (%s; rx_sk %s), %d reasons from %s",
@@ -186,6 +208,17 @@ class DropReasonPlugin:
 
     def _build(self, settings: DropReasonSettings, metrics: MetricsSettings) -> _Program:
         """Compile, create the overflow key, then attach: counts never find no overflow key."""
+        advanced = metrics.mode == "advanced"
+        if self._source.kind == "hooks":
+            defines = {**self._defines, "RETINAD_ADVANCED": int(advanced)}
+            defines["RETINAD_MAX_ENTRIES"] = settings.max_entries
+            bpf, self._hooked = dropreason_hooks.build(
+                self._ctx.bpf_dir,
+                defines,
+                lambda b: _insert_overflow_key(b.get_table(MAP_NAME)),
+                self._log,
+            )
+            return self._program(bpf, settings, metrics)
         if not tracepoint_exists("skb", "kfree_skb"):
             denied = tracefs_denied()
             if denied is not None:  # bcc reads tracefs as a file: "not found" hides EACCES
@@ -200,7 +233,6 @@ class DropReasonPlugin:
                 "(is tracefs mounted?)",
                 reason="no_tracepoint",
             )
-        advanced = metrics.mode == "advanced"
         defines = dict(self._defines)
         defines["RETINAD_ADVANCED"] = int(advanced)
         defines["RETINAD_MAX_ENTRIES"] = settings.max_entries
@@ -213,7 +245,13 @@ class DropReasonPlugin:
         except Exception as err:
             bpf.cleanup()
             raise AttachError(f"tracepoint {TRACEPOINT}: {err}", reason="attach") from err
-        reader = BatchReader(table, DropKey, DropValue, percpu=True)
+        return self._program(bpf, settings, metrics)
+
+    def _program(
+        self, bpf: Any, settings: DropReasonSettings, metrics: MetricsSettings
+    ) -> _Program:
+        advanced = metrics.mode == "advanced"
+        reader = BatchReader(bpf.get_table(MAP_NAME), DropKey, DropValue, percpu=True)
         prog = _Program(bpf, reader, settings.max_entries, advanced)
         if advanced:
             prog.ledger = self._new_ledger(reader, metrics)
@@ -369,6 +407,8 @@ class DropReasonPlugin:
     def status(self) -> str:
         if self._prog is None or self._names is None:
             return "not started"
+        if self._hooked is not None:
+            return f"Retina hooks: {self._hooked.describe()}"
         return f"tracepoint {TRACEPOINT}, {self._names.reason_count} reasons from BTF"
 
     @property

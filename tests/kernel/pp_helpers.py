@@ -104,7 +104,12 @@ def value(smp: Samples, metric: str, **labels: str) -> float:
 
 
 def tcx_count(ifidx: int) -> tuple[int, int]:
-    """How many tcx programs sit on (ingress, egress) of an interface."""
+    """How many tcx programs sit on (ingress, egress) of an interface (none where the
+    kernel has no tcx, before 6.6: asked by a program query, as the attacher asks)."""
+    from retinad.kernel.attach import tcx_supported
+
+    if not tcx_supported():
+        return 0, 0
     return len(tcx_prog_ids(ifidx, BPF_TCX_INGRESS)), len(tcx_prog_ids(ifidx, BPF_TCX_EGRESS))
 
 

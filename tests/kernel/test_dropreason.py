@@ -31,6 +31,7 @@ from retinad.exporter.naming import Naming
 from retinad.kernel import bpf_syscall
 from retinad.kernel.abi import FAMILY_OVERFLOW, DropKey, DropValue
 from retinad.kernel.compile import find_bpf_dir
+from retinad.kernel.features import tracepoint_has_field
 from retinad.kernel.maps import BatchReader, MapHandle
 from retinad.model import Endpoint
 from retinad.plugins.base import PluginContext
@@ -40,6 +41,11 @@ from tests.daemon_proc import wait_for
 from tests.fixtures.btf_writer import BtfWriter
 from tests.netns import Netns, veth_to
 
+pytestmark = pytest.mark.skipif(
+    not tracepoint_has_field("skb", "kfree_skb", "reason"),
+    reason="skb:kfree_skb has no reason field on this kernel (5.17+); "
+    "test_dropreason_hooks.py tests the fallback source",
+)
 ADVANCED = MetricsSettings(mode="advanced", naming="prometheus", ip_label=True)
 SEND_UDP = """
 import socket, sys
