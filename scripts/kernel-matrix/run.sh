@@ -15,13 +15,16 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 # In-guest subset (every program compile and BTF parse costs ~20x under TCG, so only what
-# depends on the kernel): the kernel tier (tests/kernel) except test_series_hygiene.py, whose
-# 5,000-endpoint churn exercises the user-space ledger over the same attach path
-# test_packetparser_veth.py already covers; and the two test_check.py tests that assert what
-# this kernel's probes find (the others test missing headers, which no kernel changes).
+# depends on the kernel): the kernel tier's parser, attach (tcx where the kernel has it, else
+# clsact), veth-count, drop tracepoint and drop hook tests; and the two test_check.py tests that assert what
+# this kernel's probes find (the others test missing headers, which no kernel changes); the
+# kprobe attachment itself; both flow-event transports (readers, and the scripted exchange
+# of the events tests in low aggregation, one compile per transport).
 DEFAULT_TESTS="tests/kernel/test_abi.py tests/kernel/test_packetparser_frames.py
 tests/kernel/test_packetparser_veth.py tests/kernel/test_attach_packetparser.py
-tests/kernel/test_dropreason.py tests/kernel/test_dropreason_hooks.py
+tests/kernel/test_dropreason.py tests/kernel/test_dropreason_hooks.py tests/kernel/test_kprobe.py
+tests/kernel/test_event_readers.py
+tests/kernel/test_flow_events_kernel.py::test_low_aggregation_reports_every_packet_exactly
 tests/unit/test_check.py::test_check_reports_what_the_probes_find
 tests/unit/test_check.py::test_hooks_source_needs_kprobes"
 TESTS=${RETINAD_KM_TESTS:-$DEFAULT_TESTS}
