@@ -185,7 +185,7 @@ def test_container_in_default_namespace_is_named_by_id_and_image(
         t0 = time.monotonic()
     finally:
         r.stop()
-    assert time.monotonic() - t0 < 1.0, "stop() must unblock the event stream promptly"
+    assert time.monotonic() - t0 < 5.0, "stop() must unblock the event stream promptly"
     assert not r.alive and not r.up
 
 
