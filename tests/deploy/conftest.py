@@ -44,10 +44,17 @@ def docker_engine() -> Iterator[DockerEngine]:
 
 @pytest.fixture(scope="session")
 def retinad_image(docker_engine: DockerEngine) -> str:
-    """The image of this checkout (the base rootfs is cached per machine)."""
+    """The image of this checkout: the deb packaging/build.sh makes of it, installed on
+    the base rootfs (cached per machine). Building the deb fetches from PyPI what pip's
+    cache (under $HOME) does not hold yet."""
+    env = {
+        "RETINAD_IMAGE": IMAGE,
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+    }
     proc = subprocess.run(
         ["bash", str(BUILD)],
-        env={"RETINAD_IMAGE": IMAGE, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=1200,
