@@ -452,36 +452,19 @@ class KubeNode:
             self.ctr("tasks", "delete", "-f", cid, check=False)
 
     def _remove_cni_chains(self) -> None:
-        """Our pods' firewall rules went with CNI DEL; the plugin's chains stay: remove
-        them if no rule is left in them (another CNI user's rules keep them)."""
-        for chain, parent in (("CNI-FORWARD", "FORWARD"),):
-            listing = _run("iptables", "-w", "-S", chain, check=False)
-            if listing.returncode != 0:
-                continue
-            rules = [ln for ln in listing.stdout.splitlines() if ln.startswith("-A ")]
-            only_admin = all("CNI-ADMIN" in ln for ln in rules)
-            if not only_admin:
-                continue
-            _run(
-                "iptables",
-                "-w",
-                "-D",
-                parent,
-                "-m",
-                "comment",
-                "--comment",
-                "CNI firewall plugin rules",
-                "-j",
-                chain,
-                check=False,
-            )
-            _run("iptables", "-w", "-F", chain, check=False)
-            _run("iptables", "-w", "-X", chain, check=False)
-            admin = _run("iptables", "-w", "-S", "CNI-ADMIN", check=False)
-            if admin.returncode == 0 and not [
-                ln for ln in admin.stdout.splitlines() if ln.startswith("-A ")
-            ]:
-                _run("iptables", "-w", "-X", "CNI-ADMIN", check=False)
+        """Our pods' firewall rules went with CNI DEL; the plugin's chain and its jump from
+        FORWARD stay: remove them when no rule is left in the chain (another CNI user's
+        rules keep it)."""
+        listing = _run("iptables", "-w", "-S", "CNI-FORWARD", check=False)
+        if listing.returncode != 0:
+            return
+        if any(ln.startswith("-A ") for ln in listing.stdout.splitlines()):
+            return
+        jump = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules"]
+        for _ in range(10):  # one jump per ADD that found none; delete every copy
+            if _run("iptables", "-w", "-D", *jump, "-j", "CNI-FORWARD", check=False).returncode:
+                break
+        _run("iptables", "-w", "-X", "CNI-FORWARD", check=False)
 
     def _remove_cgroups(self) -> None:
         """The kubepods trees the kubelet made (empty once every pod is gone)."""
