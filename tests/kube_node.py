@@ -458,13 +458,20 @@ class KubeNode:
         listing = _run("iptables", "-w", "-S", "CNI-FORWARD", check=False)
         if listing.returncode != 0:
             return
-        if any(ln.startswith("-A ") for ln in listing.stdout.splitlines()):
-            return
+        rules = [ln for ln in listing.stdout.splitlines() if ln.startswith("-A ")]
+        if any("-j CNI-ADMIN" not in ln for ln in rules):
+            return  # a pod's rule: someone else's, or ours not yet deleted
         jump = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules"]
         for _ in range(10):  # one jump per ADD that found none; delete every copy
             if _run("iptables", "-w", "-D", *jump, "-j", "CNI-FORWARD", check=False).returncode:
                 break
+        _run("iptables", "-w", "-F", "CNI-FORWARD", check=False)
         _run("iptables", "-w", "-X", "CNI-FORWARD", check=False)
+        admin = _run("iptables", "-w", "-S", "CNI-ADMIN", check=False)
+        if admin.returncode == 0 and not any(
+            ln.startswith("-A ") for ln in admin.stdout.splitlines()
+        ):
+            _run("iptables", "-w", "-X", "CNI-ADMIN", check=False)
 
     def _remove_cgroups(self) -> None:
         """The kubepods trees the kubelet made (empty once every pod is gone)."""
