@@ -61,6 +61,16 @@ test-deploy: setup-dev
 test-image: setup-dev
 	$(BIN)/pytest tests/deploy/test_image.py $(PYTEST_ARGS)
 
+# The kubelet tier (tests/deploy/node): deploy/kubernetes/ on a real one-node Kubernetes
+# (kubelet + private containerd + bridge CNI + kube-controller-manager, tests/kube_node.py).
+# Builds the kubelet and controller-manager first (scripts/build-kubelet.sh, cached; minutes
+# cold), then the image from the deb. Collected only with RETINAD_KUBE_NODE_TESTS=1.
+.PHONY: test-kube
+test-kube: setup-dev
+	bash scripts/build-kube-apiserver.sh >/dev/null
+	bash scripts/build-kubelet.sh >/dev/null
+	RETINAD_KUBE_NODE_TESTS=1 $(BIN)/pytest tests/deploy/node -p no:cacheprovider $(PYTEST_ARGS)
+
 # The Ansible role: ansible-lint (production), syntax check, molecule default (two
 # instances) and alternative (TLS, auth, reload) on real systemd containers (~5 min).
 test-ansible: setup-dev package

@@ -8,8 +8,11 @@
 # With a registry, set RETINAD_IMAGE_BASE=debian:bookworm-slim and the same Dockerfile
 # installs bcc with apt.
 #
-# The build context is ./lib (this checkout's wheel and its dependencies, installed with
-# pip --target: the host's Python is bookworm's 3.11, so its wheels fit the image) plus bpf/.
+# The build context is the deb that `make package` builds (packaging/build.sh) and the
+# Dockerfile, nothing else: the image installs that deb, so the image, the deb and the rpm
+# ship the same files (/usr/lib/retinad, /usr/share/retinad/bpf, /usr/bin/retinad, ...).
+# The base carries the deb's dependencies (python3-bpfcc, python3-grpcio, python3-bcrypt,
+# python3-yaml), so installing it there needs no network.
 #
 # Cache (per machine, under $RETINAD_CACHE/image): the base rootfs tarball, keyed by a hash
 # of its inputs (suite, package list, mirror, this script's base recipe); a new key builds
@@ -20,6 +23,8 @@
 # Env:
 #   RETINAD_IMAGE        tag to build (default retinad-test/retinad:dev)
 #   RETINAD_IMAGE_BASE   base image; "" (default) = the debootstrap'd base built here
+#   RETINAD_IMAGE_DEB    a retinad_*_all.deb already built; "" (default) = build one now
+#                        with packaging/build.sh (what `make package` runs)
 #   RETINAD_CACHE        cache root (default /var/cache/retinad-test)
 set -euo pipefail
 
@@ -27,11 +32,14 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${RETINAD_CACHE:-/var/cache/retinad-test}
 IMAGE=${RETINAD_IMAGE:-retinad-test/retinad:dev}
 BASE=${RETINAD_IMAGE_BASE:-}
-PY=${RETINAD_PYTHON:-$here/.venv/bin/python}
-[ -x "$PY" ] || PY=/usr/bin/python3
+DEB=${RETINAD_IMAGE_DEB:-}
 SUITE=bookworm
-BASE_PACKAGES=python3,python3-bpfcc,iproute2,ca-certificates
-BASE_RECIPE_VERSION=1   # bump when the rootfs steps below change
+# The deb's Depends (packaging/nfpm.yaml) plus iproute2 (tc, ip for an operator's debugging)
+# and ca-certificates (the API server's CA comes from the service account, others from here).
+# python3-cffi-backend: bcrypt needs it through a virtual package (python3-cffi-backend-api-*),
+# which debootstrap's resolver does not follow.
+BASE_PACKAGES=python3,python3-bpfcc,python3-grpcio,python3-bcrypt,python3-cffi-backend,python3-yaml,iproute2,ca-certificates
+BASE_RECIPE_VERSION=2   # bump when the rootfs steps below change
 
 step() { printf '[build-image] %s\n' "$*" >&2; }
 die() { printf '[build-image] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -100,12 +108,15 @@ fi
 
 ctx=$(mktemp -d /tmp/retinad-image.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
-step "wheel of $here and its dependencies -> lib/"
-"$PY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$ctx/dist" "$here" >&2
-"$PY" -m pip install -q --disable-pip-version-check --no-compile --target "$ctx/lib" "$ctx"/dist/retinad-*.whl >&2
-rm -rf "$ctx/lib/bin"
-cp -r "$here/bpf" "$ctx/bpf"
+if [ -z "$DEB" ]; then
+	step "building the deb with packaging/build.sh (make package)"
+	bash "$here/packaging/build.sh" "$ctx/dist" >&2 || die "packaging/build.sh failed"
+	DEB=$(ls "$ctx"/dist/retinad_*_all.deb)
+fi
+[ -f "$DEB" ] || die "no deb at $DEB"
+cp "$DEB" "$ctx/retinad.deb"
 cp "$here/Dockerfile" "$ctx/Dockerfile"
-step "docker build $IMAGE (FROM $BASE)"
-docker build -q --build-arg BASE="$BASE" --label org.retinad.built-by=scripts/build-image.sh -t "$IMAGE" "$ctx" >&2
+step "docker build $IMAGE (FROM $BASE, installing $(basename "$DEB"))"
+docker build -q --build-arg BASE="$BASE" --label org.retinad.built-by=scripts/build-image.sh \
+	--label org.retinad.deb="$(basename "$DEB")" -t "$IMAGE" "$ctx" >&2
 echo "$IMAGE"

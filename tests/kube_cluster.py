@@ -284,8 +284,12 @@ class KubeCluster:
         service_cidr: str = DEFAULT_SERVICE_CIDR,
         ready_timeout: float = 30.0,
         rbac: bool = False,
+        service_account_admission: bool = False,
     ) -> None:
         self.rbac = rbac
+        #: True with a controller-manager (tests/kube_node.py) that makes the service
+        #: accounts and their tokens the ServiceAccount admission plugin mounts into pods.
+        self.service_account_admission = service_account_admission
         self.apiserver_binary = apiserver_binary or apiserver_binary_path()
         if not os.access(self.apiserver_binary, os.X_OK):
             raise FileNotFoundError(
@@ -439,8 +443,13 @@ class KubeCluster:
             f"--service-cluster-ip-range={self.service_cidr}",
             # Watches must reach etcd for compaction to yield 410 Gone.
             "--watch-cache=false",
-            # Nobody creates "default" service accounts; the plugin would refuse pods.
-            "--disable-admission-plugins=ServiceAccount",
+            # Without a controller-manager nobody creates "default" service accounts
+            # and tokens; the plugin would refuse pods.
+            *(
+                []
+                if self.service_account_admission
+                else ["--disable-admission-plugins=ServiceAccount"]
+            ),
             # Not under test; its post-start hook only slows readiness.
             "--enable-priority-and-fairness=false",
             # Compaction happens when a test asks for it, not on a timer.

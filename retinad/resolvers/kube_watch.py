@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.exceptions import ApiException, ApiTypeError
 
 from retinad.resolvers import kube_workload as kw
 from retinad.resolvers.follow import Backoff, Follower
@@ -76,6 +76,10 @@ class ResourceFollower:
         self._on_event = on_event
         self._log = logger
         self._metadata_only = metadata_only
+        #: kubernetes < 36 (what the deb vendors: packaging/constraints.txt) rejects the
+        #: ``_headers`` argument; then the follower asks for whole objects as JSON, which
+        #: carry the same metadata (more bytes, same index). Found on first use.
+        self._client_takes_headers = True
         self._watch_timeout = watch_timeout
         self._resp: Any = None
         self._resp_lock = threading.Lock()
@@ -201,12 +205,26 @@ class ResourceFollower:
         accept = "application/json"
         if self._metadata_only:
             accept = META_WATCH_ACCEPT if kwargs.get("watch") else META_LIST_ACCEPT
-        resp = self._call(
-            _preload_content=False,
-            _request_timeout=timeout,
-            _headers={"Accept": accept},  # a fresh dict: the client adds to it
-            **kwargs,
-        )
+        resp = None
+        if self._client_takes_headers:
+            try:
+                resp = self._call(
+                    _preload_content=False,
+                    _request_timeout=timeout,
+                    _headers={"Accept": accept},  # a fresh dict: the client adds to it
+                    **kwargs,
+                )
+            except ApiTypeError as err:
+                if "_headers" not in str(err):
+                    raise
+                self._client_takes_headers = False
+                self._log.info(
+                    "kubernetes %s: this kubernetes client takes no request headers;"
+                    " asking for whole objects instead of metadata only",
+                    self.name,
+                )
+        if resp is None:
+            resp = self._call(_preload_content=False, _request_timeout=timeout, **kwargs)
         with self._resp_lock:
             self._resp = resp
         if f.stopping.is_set():  # stop() ran before the response could be cut

@@ -3,6 +3,7 @@ image built once per session from this checkout (scripts/build-image.sh)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from tests.kube_cluster import KubeCluster, apiserver_binary_path, ensure_built
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD = REPO_ROOT / "scripts" / "build-image.sh"
-IMAGE = "retinad-test/retinad:suite"
+#: Per checkout: sessions sharing one dockerd (worktrees of the same repository) must not
+#: replace each other's image between its build and its use.
+IMAGE = "retinad-test/retinad:suite-" + hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:8]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +47,20 @@ def docker_engine() -> Iterator[DockerEngine]:
 
 @pytest.fixture(scope="session")
 def retinad_image(docker_engine: DockerEngine) -> str:
-    """The image of this checkout (the base rootfs is cached per machine)."""
+    """The image of this checkout: the deb packaging/build.sh makes of it, installed on
+    the base rootfs (cached per machine); or $RETINAD_TEST_IMAGE, already built. Building
+    the deb fetches from PyPI what pip's cache (under $HOME) does not hold yet."""
+    prebuilt = os.environ.get("RETINAD_TEST_IMAGE")
+    if prebuilt:  # built by scripts/build-image.sh beforehand (make test-kube does)
+        return prebuilt
+    env = {
+        "RETINAD_IMAGE": IMAGE,
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+    }
     proc = subprocess.run(
         ["bash", str(BUILD)],
-        env={"RETINAD_IMAGE": IMAGE, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=1200,

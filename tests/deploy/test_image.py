@@ -221,3 +221,50 @@ def memory_limit_bytes() -> int:
     limit = ds["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
     assert limit.endswith("Mi"), limit
     return int(limit[:-2]) * 1024 * 1024
+
+
+def in_image(image: str, entrypoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--label",
+            f"{LABEL}=1",
+            "--network",
+            "none",
+            "--entrypoint",
+            entrypoint,
+            image,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(1200)  # the first user of the image builds it (minutes when cold)
+def test_image_is_the_deb_installed_and_nothing_else(retinad_image: str) -> None:
+    """The image ships the deb's files (scripts/build-image.sh installs the deb that
+    packaging/build.sh makes): dpkg knows the package, every file it installed is intact,
+    and retinad's directories hold nothing the package did not install (but the .pyc its
+    postinst compiles, as on a host)."""
+    from retinad import __version__
+
+    status = in_image(retinad_image, "dpkg-query", "-W", "-f", "${Version} ${Status}", "retinad")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout == f"{__version__}-1 install ok installed", status.stdout
+    verify = in_image(retinad_image, "dpkg", "--verify", "retinad")
+    assert (verify.returncode, verify.stdout) == (0, ""), verify.stdout + verify.stderr
+    dirs = ["/usr/lib/retinad", "/usr/share/retinad"]
+    listed = in_image(retinad_image, "dpkg-query", "-L", "retinad").stdout.splitlines()
+    found = in_image(
+        retinad_image, "find", *dirs, "-type", "f", "!", "-name", "*.pyc"
+    ).stdout.splitlines()
+    owned = {p for p in listed if p.startswith(tuple(d + "/" for d in dirs))}
+    assert found, "no files under /usr/lib/retinad"
+    assert set(found) <= owned, sorted(set(found) - owned)
+    entry = in_image(retinad_image, "/usr/bin/retinad", "--version")
+    assert entry.returncode == 0 and __version__ in entry.stdout + entry.stderr, entry
