@@ -24,7 +24,7 @@ from tests.kernel import test_packetparser_veth as veth
 from tests.kernel.pp_helpers import ifindex, make_plugin, samples, send_udp, value, wait_for
 from tests.kernel.test_packetparser_veth import NO_HOST, PKTS, TCP_CLIENT, Containers
 
-host = veth.host  # the fixtures: a private "host" namespace, its containers, its resolver
+# the fixtures: a private "host" namespace (tests/conftest.py), its containers, its resolver
 containers = veth.containers
 resolver = veth.resolver
 

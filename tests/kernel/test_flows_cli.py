@@ -24,7 +24,6 @@ from tests.kernel import test_packetparser_veth as veth
 from tests.kernel.pp_helpers import ifindex, make_plugin, send_udp, wait_for
 from tests.kernel.test_packetparser_veth import NO_HOST, Containers
 
-host = veth.host
 containers = veth.containers
 resolver = veth.resolver
 
