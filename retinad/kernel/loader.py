@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,9 @@ from retinad.errors import CompileError
 from retinad.kernel import bpf_syscall, fdpass, tracepoint
 from retinad.kernel.fdpass import HandedObject
 from retinad.kernel.maps import MapHandle
+
+# "retinad.kernel.loader" propagates to the daemon's "retinad" logger.
+_log = logging.getLogger("retinad.kernel.loader")
 
 __all__ = ["LoadedObject", "MapHandle", "ProgramFd", "load"]
 
@@ -162,6 +167,7 @@ def load(
         "defines": dict(defines or {}),
         "programs": dict(programs or {}),
     }
+    started = time.monotonic()
     parent, child = fdpass.socketpair()
     try:
         proc = subprocess.Popen(
@@ -195,6 +201,8 @@ def load(
             raise CompileError(f"{src}: bad hand-over from the compile child: {err}") from None
         parent.close()
         status = _reap(proc)
+        # Start-up time is mostly these children (docs/PERFORMANCE.md reads this line).
+        _log.info("compiled %s in a child in %.2f s", filename, time.monotonic() - started)
         return LoadedObject(src, objects, child_pid=proc.pid, child_status=status)
     finally:
         parent.close()
