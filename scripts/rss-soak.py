@@ -171,7 +171,7 @@ def start(
     t0 = time.monotonic()
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=source or None)  # fmt: skip
-    notify.wait_for("READY=1", timeout=180)
+    notify.wait_for("READY=1", timeout=600)
     ready = time.monotonic() - t0
     notify.close()
     return proc, ready, port
