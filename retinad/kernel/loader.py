@@ -216,14 +216,23 @@ def child_argv() -> list[str]:
     the packages run ``python3 -I`` with /usr/lib/retinad put on sys.path by /usr/bin/retinad,
     which neither ``-m retinad`` nor PYTHONPATH (ignored under -I) would give the child.
     """
+    return python_argv(
+        "import runpy; runpy.run_module('retinad', run_name='__main__', alter_sys=True)"
+    )
+
+
+def python_argv(code: str) -> list[str]:
+    """``python -c code`` with this ``retinad`` package first on the path and the parent's
+    isolation flags (see child_argv); also used by plugins' own short-lived children."""
     import retinad
 
     home = str(Path(retinad.__file__).resolve().parent.parent)
-    code = (
-        f"import runpy, sys; sys.path.insert(0, {home!r}); "
-        "runpy.run_module('retinad', run_name='__main__', alter_sys=True)"
-    )
-    return [sys.executable, *_isolation_flags(), "-c", code]
+    return [
+        sys.executable,
+        *_isolation_flags(),
+        "-c",
+        f"import sys; sys.path.insert(0, {home!r}); {code}",
+    ]
 
 
 def _isolation_flags() -> list[str]:

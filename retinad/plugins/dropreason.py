@@ -44,13 +44,14 @@ from retinad.kernel.abi import (
     decode_addr,
 )
 from retinad.kernel.btf import VMLINUX_BTF, Btf
-from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames, load_names
+from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames
 from retinad.kernel.features import PRIVILEGE_FIX, tracefs_denied
 from retinad.kernel.loader import PROG_TRACEPOINT
 from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader, map_fd, possible_cpus
 from retinad.kernel.tracepoint import tracepoint_exists
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
+from retinad.plugins import dropreason_btf
 from retinad.plugins.base import PluginContext
 from retinad.plugins.sweeper import Sweeper
 
@@ -159,9 +160,8 @@ class DropReasonPlugin:
 
     def start(self) -> None:
         try:
-            btf = Btf.from_file(self._btf_path)
-            self._names = load_names(btf, self._module_btf_dir)
-            self._defines = kernel_defines(btf, self._names)
+            # In a child: the parse's peak and residue stay out of the daemon (why: there).
+            self._names, self._defines = dropreason_btf.read(self._btf_path, self._module_btf_dir)
             self._prog = self._build(self._settings, self._metrics)
         except KernelError as err:
             raise PluginError(f"dropreason: {err}") from err
