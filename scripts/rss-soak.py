@@ -171,9 +171,15 @@ def start(
     t0 = time.monotonic()
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=source or None)  # fmt: skip
-    notify.wait_for("READY=1", timeout=600)
+    try:
+        notify.wait_for("READY=1", timeout=600)
+    except BaseException:  # never leave a daemon behind (it holds tc attachments)
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
+    finally:
+        notify.close()
     ready = time.monotonic() - t0
-    notify.close()
     return proc, ready, port
 
 
