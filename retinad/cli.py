@@ -256,31 +256,6 @@ def needed_probes(settings: Settings) -> set[str]:
     return need
 
 
-M_ARENA_MAX = -8
-"""glibc's mallopt() parameter for the number of malloc arenas."""
-
-
-def cap_malloc_arenas(arenas: int = 2) -> bool:
-    """Limit glibc to ``arenas`` malloc arenas, before the daemon starts any thread.
-
-    Why: glibc gives threads their own arenas (up to 8 per core), and each keeps freed
-    memory of its own. The daemon runs a dozen threads (netlink watchers, sweepers,
-    resolver watches, HTTP); measured with scripts/rss-soak.py on the default config, the
-    cap took start-up RSS from 80-84 MiB to 51 MiB (docs/PERFORMANCE.md). Python's own
-    allocator serves small objects anyway, so contention on two arenas is not felt. The
-    same as MALLOC_ARENA_MAX=2 in the environment (which, when set, wins). False where
-    mallopt is absent (not glibc).
-    """
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["__compile-bpf"] and len(argv) == 2:
@@ -314,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"retinad: {err}", file=sys.stderr)
         return EXIT_CONFIG
 
-    cap_malloc_arenas()
+    from retinad.daemon.malloc import tune_malloc
+
+    tune_malloc()  # before any thread: see retinad/daemon/malloc.py
     from retinad.daemon.lifecycle import Daemon
 
     daemon = Daemon(settings, loader=lambda: load_settings(args), logger=log)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,9 @@ from retinad.errors import CompileError
 from retinad.kernel import bpf_syscall, fdpass, kprobe, tracepoint
 from retinad.kernel.fdpass import HandedObject
 from retinad.kernel.maps import MapHandle
+
+# "retinad.kernel.loader" propagates to the daemon's "retinad" logger.
+_log = logging.getLogger("retinad.kernel.loader")
 
 __all__ = ["LoadedObject", "MapHandle", "ProgramFd", "load"]
 
@@ -201,6 +206,7 @@ def load(
         "defines": dict(defines or {}),
         "programs": dict(programs or {}),
     }
+    started = time.monotonic()
     parent, child = fdpass.socketpair()
     try:
         proc = subprocess.Popen(
@@ -234,6 +240,8 @@ def load(
             raise CompileError(f"{src}: bad hand-over from the compile child: {err}") from None
         parent.close()
         status = _reap(proc)
+        # Start-up time is mostly these children (docs/PERFORMANCE.md reads this line).
+        _log.info("compiled %s in a child in %.2f s", filename, time.monotonic() - started)
         return LoadedObject(src, objects, child_pid=proc.pid, child_status=status)
     finally:
         parent.close()
@@ -247,14 +255,23 @@ def child_argv() -> list[str]:
     the packages run ``python3 -I`` with /usr/lib/retinad put on sys.path by /usr/bin/retinad,
     which neither ``-m retinad`` nor PYTHONPATH (ignored under -I) would give the child.
     """
+    return python_argv(
+        "import runpy; runpy.run_module('retinad', run_name='__main__', alter_sys=True)"
+    )
+
+
+def python_argv(code: str) -> list[str]:
+    """``python -c code`` with this ``retinad`` package first on the path and the parent's
+    isolation flags (see child_argv); also used by plugins' own short-lived children."""
     import retinad
 
     home = str(Path(retinad.__file__).resolve().parent.parent)
-    code = (
-        f"import runpy, sys; sys.path.insert(0, {home!r}); "
-        "runpy.run_module('retinad', run_name='__main__', alter_sys=True)"
-    )
-    return [sys.executable, *_isolation_flags(), "-c", code]
+    return [
+        sys.executable,
+        *_isolation_flags(),
+        "-c",
+        f"import sys; sys.path.insert(0, {home!r}); {code}",
+    ]
 
 
 def _isolation_flags() -> list[str]:

@@ -46,15 +46,14 @@ from retinad.kernel.abi import (
     decode_addr,
 )
 from retinad.kernel.btf import VMLINUX_BTF, Btf
-from retinad.kernel.btf import load as load_btf
-from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames, load_names
+from retinad.kernel.dropreasons import CONSUMED, NOT_DROPPED_YET, DropReasonNames
 from retinad.kernel.features import PRIVILEGE_FIX, DropSource, dropreason_source, tracefs_denied
 from retinad.kernel.loader import PROG_TRACEPOINT
 from retinad.kernel.loader import load as load_program
 from retinad.kernel.maps import BatchReader, map_fd, possible_cpus
 from retinad.kernel.tracepoint import tracepoint_exists
 from retinad.model import OVERFLOW_ENDPOINT, UNKNOWN_ENDPOINT, Direction, Endpoint
-from retinad.plugins import dropreason_hooks
+from retinad.plugins import dropreason_btf, dropreason_hooks
 from retinad.plugins.base import PluginContext
 from retinad.plugins.sweeper import Sweeper
 from retinad.resolvers.base import ResolverChain
@@ -176,16 +175,14 @@ class DropReasonPlugin:
 
     def start(self) -> None:
         try:
-            btf = load_btf(self._btf_path)
             self._source = dropreason_source(self._settings.source)
             if self._source.kind == "none":
                 raise KernelError(self._source.why)
-            if self._source.kind == "hooks":
-                self._names = dropreason_hooks.NAMES
-                self._defines = dropreason_hooks.kernel_defines(btf, skb_offsets(btf))
-            else:
-                self._names = load_names(btf, self._module_btf_dir)
-                self._defines = kernel_defines(btf, self._names)
+            # In a child: the parse's peak and residue stay out of the daemon (why: there).
+            hooks = self._source.kind == "hooks"
+            self._names, self._defines = dropreason_btf.read(
+                self._btf_path, self._module_btf_dir, hooks=hooks
+            )
             self._prog = self._build(self._settings, self._metrics)
         except KernelError as err:
             raise PluginError(f"dropreason: {err}") from err

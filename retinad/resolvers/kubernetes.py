@@ -20,10 +20,11 @@ Why it is built this way:
   sync. A source that is down at start never fails ``start``: the followers retry with
   backoff.
 * **Raw JSON, not the client's models.** Requests go through the official client's
-  generated list functions (auth, CA verification, in-cluster token refresh) with
-  ``_preload_content=False``; bodies are parsed with ``json`` and only the fields the
-  resolver needs are kept (kube_workload.py). ReplicaSets and Jobs are asked for as
-  ``PartialObjectMetadata``: metadata only, no spec or status.
+  ``ApiClient`` (auth, CA verification, in-cluster token refresh) as plain GETs
+  (kube_http.py: its generated ``*Api`` classes would cost 27 MiB); bodies are parsed
+  with ``json`` and only the fields the resolver needs are kept (kube_workload.py).
+  ReplicaSets and Jobs are asked for as ``PartialObjectMetadata``: metadata only, no
+  spec or status.
 * **Owners: watch ReplicaSets and Jobs cluster-wide, metadata only.** A pod's controller
   is a ReplicaSet or Job; naming the Deployment or CronJob needs that object's own owner
   reference. Watching them cluster-wide is one extra watch each, needs no per-pod API
@@ -67,6 +68,7 @@ from retinad.resolvers import kube_workload as kw
 from retinad.resolvers.base import IPAddress, ResolverContext
 from retinad.resolvers.follow import Backoff
 from retinad.resolvers.index import Claim, EndpointIndex
+from retinad.resolvers.kube_http import lister
 from retinad.resolvers.kube_watch import OnEvent, OnList, ResourceFollower
 
 KEY = "[resolvers.kubernetes].kubeconfig"
@@ -106,33 +108,33 @@ class KubernetesResolver:
         self._parents: dict[str, dict[str, str | None]] = {"ReplicaSet": {}, "Job": {}}
         self._apiservers: list[tuple[IPAddress, int]] = []
 
-        core = k8s_client.CoreV1Api(api)
-        pods: Callable[..., Any] = core.list_pod_for_all_namespaces
+        # Raw GETs, not k8s_client.CoreV1Api & co.: those cost 27 MiB (kube_http.py).
+        pods = lister(api, "/api/v1/pods")
         if not cluster_scope:
-            pods = functools.partial(pods, field_selector=f"spec.nodeName={node_name}")
+            pods = lister(api, "/api/v1/pods", field_selector=f"spec.nodeName={node_name}")
         make = functools.partial(ResourceFollower, logger=self._log, watch_timeout=watch_timeout)
         new_backoff = backoff or Backoff
         specs: list[tuple[str, Callable[..., Any], OnList, OnEvent, bool]] = [
             ("pods", pods, self._pods_listed, self._pod_event, False),
             (
                 "replicasets",
-                k8s_client.AppsV1Api(api).list_replica_set_for_all_namespaces,
+                lister(api, "/apis/apps/v1/replicasets"),
                 functools.partial(self._parents_listed, "ReplicaSet"),
                 functools.partial(self._parent_event, "ReplicaSet"),
                 True,
             ),
             (
                 "jobs",
-                k8s_client.BatchV1Api(api).list_job_for_all_namespaces,
+                lister(api, "/apis/batch/v1/jobs"),
                 functools.partial(self._parents_listed, "Job"),
                 functools.partial(self._parent_event, "Job"),
                 True,
             ),
             (
                 "apiserver",
-                functools.partial(
-                    core.list_namespaced_endpoints,
-                    "default",
+                lister(
+                    api,
+                    "/api/v1/namespaces/default/endpoints",
                     field_selector="metadata.name=kubernetes",
                 ),
                 self._apiserver_listed,
@@ -144,7 +146,7 @@ class KubernetesResolver:
             specs.append(
                 (
                     "services",
-                    core.list_service_for_all_namespaces,
+                    lister(api, "/api/v1/services"),
                     self._services_listed,
                     self._service_event,
                     False,
