@@ -14,6 +14,8 @@ stack stops, 10 rounds a second:
 * frontend -> a second address in web's namespace that no resolver names (``stray``):
   1 UDP datagram and one TCP connection to 8080, so unknown peers exist both ways
   (Retina's pod-level dashboard shows them by address);
+* frontend -> web: one ICMP echo request (answered; packetparser counts both as unparsed,
+  ``not_tcp_udp``);
 * frontend -> web and stray: one SYN each to port 5001, which an iptables rule in web's
   namespace drops, so it is never answered (2 drops a round on web's side, against db's 6).
 
@@ -59,13 +61,23 @@ while True:
 """
 
 SENDER = """
-import socket, sys, time
+import socket, struct, sys, time
 web, db, stray = sys.argv[1], sys.argv[2], sys.argv[3]
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+def echo_request(seq):
+    # ICMP echo (type 8) with its checksum: the unparsed-packets panel's not_tcp_udp
+    msg = struct.pack("!BBHHH", 8, 0, 0, 0x7274, seq & 0xFFFF) + b"retinad!"
+    total = sum(struct.unpack("!8H", msg))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return msg[:2] + struct.pack("!H", ~total & 0xFFFF) + msg[4:]
 def connect(ip, port, data):
     s = socket.socket(); s.settimeout(1)
     try:
         s.connect((ip, port)); s.sendall(data)
+        if data:
+            s.recv(4096)  # read the answer, as a client does
     except OSError:
         pass
     s.close()
@@ -74,7 +86,10 @@ def syn(ip, port):
     s = socket.socket(); s.setblocking(False)
     s.connect_ex((ip, port))
     s.close()
+seq = 0
 while True:
+    seq += 1
+    icmp.sendto(echo_request(seq), (web, 0))
     for _ in range(8):
         u.sendto(b"w" * 100, (web, 9))
     u.sendto(b"d" * 100, (db, 9))
