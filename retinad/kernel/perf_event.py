@@ -32,7 +32,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class PerfEventAttr(ctypes.Structure):
-    """struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1 and on, zero-padded).
+    """struct perf_event_attr, PERF_ATTR_SIZE_VER7 (128 bytes; include/uapi/linux/
+    perf_event.h), named up to config2; the bit fields after read_format are one u64 and
+    the tail is zero (an older kernel accepts a larger attr whose unknown tail is zero).
+    The one definition: tracepoints, kprobes and the perf event reader (perfbuf.py).
 
     For the kprobe PMU, config1 is ``kprobe_func`` (a pointer to the function's name) and
     config2 ``probe_offset``; for a tracepoint, config is the tracepoint's id.
@@ -50,8 +53,11 @@ class PerfEventAttr(ctypes.Structure):
         ("bp_type", ctypes.c_uint32),
         ("config1", ctypes.c_uint64),
         ("config2", ctypes.c_uint64),
-        ("_rest", ctypes.c_uint8 * 64),
+        ("_rest", ctypes.c_uint8 * 56),
     ]
+
+
+assert ctypes.sizeof(PerfEventAttr) == 128
 
 
 def attr(type_: int, config: int, config1: int = 0, config2: int = 0) -> PerfEventAttr:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import ctypes
 import struct
 
+from retinad.kernel.perf_event import PERF_SAMPLE_RAW, PerfEventAttr
 from retinad.kernel.ringbuf import DrainThread, OnRecord, check_new, libbpf
 
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_BPF_OUTPUT = 10
-PERF_SAMPLE_RAW = 1 << 10
+
 PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
 LIBBPF_PERF_EVENT_CONT = -2
@@ -35,27 +36,6 @@ struct perf_event_header *event)"""
 _HEADER = struct.Struct("=IHH")  # type, misc, size
 _SAMPLE_SIZE = struct.Struct("=I")
 _LOST = struct.Struct("=QQ")  # id, lost
-
-
-class PerfEventAttr(ctypes.Structure):
-    """struct perf_event_attr up to PERF_ATTR_SIZE_VER7 (128 bytes), include/uapi/linux/
-    perf_event.h; the bit fields after sample_type are one u64 (all zero here)."""
-
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("size", ctypes.c_uint32),
-        ("config", ctypes.c_uint64),
-        ("sample_period", ctypes.c_uint64),
-        ("sample_type", ctypes.c_uint64),
-        ("read_format", ctypes.c_uint64),
-        ("flags", ctypes.c_uint64),
-        ("wakeup_events", ctypes.c_uint32),
-        ("bp_type", ctypes.c_uint32),
-        ("_rest", ctypes.c_uint8 * 72),
-    ]
-
-
-assert ctypes.sizeof(PerfEventAttr) == 128
 
 
 def _prototypes() -> ctypes.CDLL:
