@@ -184,7 +184,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_check(settings: Settings) -> int:
     from retinad.daemon.preflight import preflight
-    from retinad.kernel.features import Probe, flow_events_probe, run_probes
+    from retinad.kernel.check_table import flow_events_probe, run_probes
+    from retinad.kernel.features import Probe
 
     needed = needed_probes(settings) | {"config"}
     try:
