@@ -273,8 +273,8 @@ class Daemon:
             self._log.warning("reload: %s", warning)
         if _usable(new).resolvers != _usable(old).resolvers:
             self._log.warning("reload: [resolvers] changes take effect on restart")
-        if new.latency != old.latency:  # packetparser reads it from its context at start
-            self._log.warning("reload: [latency] changes take effect on restart")
+        if new.latency != old.latency:
+            applied = dataclasses.replace(applied, latency=self._reload_latency(new))
         for spec in PLUGINS:
             section = self._reload_plugin(spec, new)
             applied = dataclasses.replace(applied, **{spec.name: section})
@@ -284,6 +284,21 @@ class Daemon:
             self._log.info("reloaded: %s", self.status())
         else:
             self._log.warning("reloaded in part (refusals above): %s", self.status())
+
+    def _reload_latency(self, new: Settings) -> Any:
+        """New targets go into the running programs' target map; a new timeout or map size
+        (compiled in), or latency compiled out, waits for a restart. Returns the [latency]
+        settings that run after this reload."""
+        pp = self._plugins.get("packetparser")
+        setter = getattr(pp, "set_latency_targets", None)
+        if setter is not None and setter(new.latency):
+            self._log.info("reload: [latency] targets applied: %d", len(new.latency.targets))
+            return new.latency
+        self._log.warning(
+            "reload: [latency] changes take effect on restart (a new timeout_seconds or "
+            "max_pending, or latency compiled out, needs new programs)"
+        )
+        return self.settings.latency
 
     def _apply_web(self, new: Settings) -> Any:
         """The [web] settings that run after this reload: the new ones, or the old ones

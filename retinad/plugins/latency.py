@@ -165,6 +165,14 @@ class LatencyTracker:
             bpf_syscall.update(self._config, ctypes.c_uint32(0), ctypes.c_uint32(len(wanted)))
         self._log.info("latency: %d targets, %d trie entries", len(self._ids), len(wanted))
 
+    def set_configured(self, settings: LatencySettings) -> None:
+        """New ``[[latency.targets]]`` on SIGHUP: the trie is refilled (the API servers, if
+        followed, stay), with no recompile. A name kept keeps its histograms; a name
+        dropped stops being measured and its series go."""
+        self._configured = configured_targets(settings)
+        api = [Target(APISERVER, ipaddress.ip_network(a), p) for a, p in self._apiservers or []]
+        self.set_targets(self._configured + api)
+
     def start(self, resolvers: Iterable[object] = ()) -> None:
         """Fill the trie with the configured targets (and the API servers, if a resolver
         knows them)."""

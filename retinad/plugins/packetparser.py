@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from retinad.config.schema import MetricsSettings, PacketParserSettings
+from retinad.config.schema import LatencySettings, MetricsSettings, PacketParserSettings
 from retinad.errors import PluginError, RetinadError
 from retinad.exporter import naming
 from retinad.exporter.ledger import Labels, Record, SeriesLedger, Values
@@ -176,6 +176,25 @@ class PacketParser:
                 self._bpf.cleanup()
                 self._bpf = None
         self._kernel = None
+
+    def set_latency_targets(self, settings: LatencySettings) -> bool:
+        """Apply new ``[[latency.targets]]`` to the running programs' target map (no
+        recompile). False, changing nothing, when that cannot be: latency is compiled out
+        (no target and no resolver that knows the API servers when the programs were
+        built), or the timeout or the pending map's size changed (both compiled in)."""
+        old = self.ctx.latency
+        tracker = self._latency
+        if tracker is None or (settings.timeout_seconds, settings.max_pending) != (
+            old.timeout_seconds,
+            old.max_pending,
+        ):
+            return False
+        if not latency.wanted(settings, self.ctx.resolver.resolvers):
+            return False  # no target left: the compiled-in work would measure nothing
+        tracker.set_configured(settings)
+        with self._lock:
+            self.ctx = dataclasses.replace(self.ctx, latency=settings)
+        return True
 
     def reload(self, settings: PacketParserSettings, metrics: MetricsSettings) -> None:
         """Re-select interfaces; recompile only when a compiled-in setting changed."""

@@ -1,8 +1,6 @@
-"""[latency] on SIGHUP: refused with a warning, the running targets keep being measured.
-
-The targets, timeout and map size reach packetparser at start (a changed timeout or size
-would mean new programs, and whether latency is compiled in at all depends on them), so a
-reload that changes them says so and keeps what runs, rather than silently ignoring them.
+"""[latency] on SIGHUP: new targets go into the running programs' target map (no
+recompile); a new timeout or map size (compiled in) is refused with a warning and the
+running settings keep being measured, never silently ignored.
 """
 
 from __future__ import annotations
@@ -16,9 +14,10 @@ import pytest
 from tests.daemon_proc import DaemonProcess, NotifySocket, http_get, wait_for
 
 
-def config(target: str) -> str:
+def config(target: str, timeout: int = 5) -> str:
     return (
         '[metrics]\nmode = "basic"\n[dropreason]\nenabled = false\n'
+        f"[latency]\ntimeout_seconds = {timeout}\n"
         f'[[latency.targets]]\nname = "{target}"\naddress = "192.0.2.0/24"\n'
     )
 
@@ -34,7 +33,13 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     sock.close()
 
 
-def test_a_latency_change_on_sighup_warns_and_keeps_the_running_targets(
+def reload(d: DaemonProcess, notify: NotifySocket) -> None:
+    d.signal(signal.SIGHUP)
+    notify.wait_for("RELOADING=1")
+    notify.wait_for("READY=1", timeout=120)
+
+
+def test_new_targets_on_sighup_apply_and_a_compiled_in_change_is_refused(
     tmp_path: Path, notify: NotifySocket, free_port: int
 ) -> None:
     cfg = tmp_path / "retinad.toml"
@@ -45,14 +50,22 @@ def test_a_latency_change_on_sighup_warns_and_keeps_the_running_targets(
     try:
         notify.wait_for("READY=1", timeout=120)
         assert series("before") in http_get(url)[1]
+        programs = d.log.count("compiled")
+        # new targets: applied to the running programs, no new compile
         cfg.write_text(config("after"))
-        d.signal(signal.SIGHUP)
-        notify.wait_for("RELOADING=1")
-        notify.wait_for("READY=1", timeout=60)
+        reload(d, notify)
+        wait_for(lambda: "reload: [latency] targets applied: 1" in d.log, what="applied")
+        body = http_get(url)[1]
+        assert series("after") in body
+        assert series("before") not in body
+        assert d.log.count("compiled") == programs
+        assert 'retinad_scrape_collector_success{collector="packetparser"} 1.0' in body
+        # a new timeout is compiled in: refused, the running targets stay
+        cfg.write_text(config("later", timeout=7))
+        reload(d, notify)
         wait_for(lambda: "[latency] changes take effect on restart" in d.log, what="warning")
         body = http_get(url)[1]
-        assert series("before") in body
-        assert series("after") not in body
-        assert 'retinad_scrape_collector_success{collector="packetparser"} 1.0' in body
+        assert series("after") in body
+        assert series("later") not in body
     finally:
         assert d.stop() == 0
