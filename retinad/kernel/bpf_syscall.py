@@ -322,11 +322,17 @@ def lookup_batch(
     return attr.count, False
 
 
-def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> int:
-    """BPF_PROG_TEST_RUN a packet through a program; returns the program's return value."""
+def test_run(prog_fd: int, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> int:
+    """BPF_PROG_TEST_RUN a packet through a program; returns the program's return value
+    (a u32). ``ctx``: the program's context in (for sched_cls a struct __sk_buff, e.g. to
+    set gso_segs), else the kernel's default."""
     buf = ctypes.create_string_buffer(data, len(data))
     attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_in=ctypes.addressof(buf),
                         repeat=repeat)  # fmt: skip
+    ctx_buf = None
+    if ctx is not None:
+        ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
+        attr.ctx_size_in, attr.ctx_in = len(ctx), ctypes.addressof(ctx_buf)
     bpf(BPF_PROG_TEST_RUN, attr)
     return int(attr.retval)
 

@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from pyroute2 import IPRoute
 
 from retinad.config.schema import MetricsSettings, PacketParserSettings
-from retinad.kernel.bpf_syscall import bpf
+from retinad.kernel import bpf_syscall
 from retinad.kernel.compile import find_bpf_dir
 from retinad.kernel.tcx import BPF_TCX_EGRESS, BPF_TCX_INGRESS, tcx_prog_ids
 from retinad.model import Endpoint
@@ -146,32 +146,6 @@ def bpf_dir() -> Path:
     return find_bpf_dir()
 
 
-BPF_PROG_TEST_RUN = 10
-
-
-class _TestRunAttr(ctypes.Structure):
-    """union bpf_attr, BPF_PROG_TEST_RUN member (include/uapi/linux/bpf.h)."""
-
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-    ]
-
-
 SKB_CTX_SIZE = 192
 """sizeof(struct __sk_buff); gso_segs is at 164, gso_size at 176."""
 
@@ -181,20 +155,11 @@ def prog_test_run(prog_fd: int, frame: bytes, *, gso_segs: int = 0, gso_size: in
 
     The skb the kernel builds has len = len(frame), Ethernet header included, on lo.
     """
-    data = ctypes.create_string_buffer(frame, len(frame))
     ctx = (ctypes.c_uint8 * SKB_CTX_SIZE)()
     ctypes.c_uint32.from_buffer(ctx, 164).value = gso_segs
     ctypes.c_uint32.from_buffer(ctx, 176).value = gso_size
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(frame),
-        data_in=ctypes.addressof(data),
-        repeat=1,
-        ctx_size_in=SKB_CTX_SIZE,
-        ctx_in=ctypes.addressof(ctx),
-    )
-    bpf(BPF_PROG_TEST_RUN, attr)
-    return ctypes.c_int32(attr.retval).value
+    retval = bpf_syscall.test_run(prog_fd, frame, ctx=bytes(ctx))
+    return ctypes.c_int32(retval).value
 
 
 INJECTOR = """
