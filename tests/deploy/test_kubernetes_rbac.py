@@ -550,20 +550,9 @@ def test_daemon_with_the_service_account_counts_a_pod_by_name_with_no_403(
             workloads
         )
         web = workloads["10.245.1.10"]
-        labels = {
-            "direction": "egress",
-            "namespace": web.namespace,
-            "name": web.name,
-            "workload_kind": web.workload_kind,
-            "workload_name": web.workload_name,
-        }
 
         def sent() -> tuple[float, float]:
-            now = scrape(port)
-            return (
-                value(now, "retinad_endpoint_forward_packets_total", labels),
-                value(now, "retinad_endpoint_forward_bytes_total", labels),
-            )
+            return egress_of(port, web)
 
         def veth_attached() -> bool:
             ns.run(sys.executable, "-c", SENDER, "10.245.1.1", "1", "10")
@@ -573,7 +562,7 @@ def test_daemon_with_the_service_account_counts_a_pod_by_name_with_no_403(
             wait_for(veth_attached, timeout=30, what="web-1's veth attached and named")
         except AssertionError:
             series = [k for k in scrape(port) if k[0] == "retinad_endpoint_forward_packets_total"]
-            raise AssertionError(f"no {labels} in {series}\n{d.log}") from None
+            raise AssertionError(f"no egress series of {web} in {series}\n{d.log}") from None
         before = sent()
         ns.run(sys.executable, "-c", SENDER, "10.245.1.1", "7", "100")
         want = (before[0] + 7, before[1] + 7 * (UDP4 + 100))
@@ -583,6 +572,22 @@ def test_daemon_with_the_service_account_counts_a_pod_by_name_with_no_403(
     log = d.log
     assert rc == 0, log
     assert not _forbidden(log), log
+
+
+def egress_of(port: int, ep: Endpoint) -> tuple[float, float]:
+    """Forward packets and bytes of ``ep``'s egress series, as the daemon on ``port`` names it."""
+    labels = {
+        "direction": "egress",
+        "namespace": ep.namespace,
+        "name": ep.name,
+        "workload_kind": ep.workload_kind,
+        "workload_name": ep.workload_name,
+    }
+    now = scrape(port)
+    return (
+        value(now, "retinad_endpoint_forward_packets_total", labels),
+        value(now, "retinad_endpoint_forward_bytes_total", labels),
+    )
 
 
 def _forbidden(text: str) -> bool:
@@ -766,20 +771,9 @@ def test_daemonset_pod_template_in_the_image_names_a_pod_via_in_cluster_config(
 
         wait_for(up, timeout=180, what="the pod's retinad serving with the kubernetes resolver up")
         web = workloads["10.245.1.10"]
-        labels = {
-            "direction": "egress",
-            "namespace": web.namespace,
-            "name": web.name,
-            "workload_kind": web.workload_kind,
-            "workload_name": web.workload_name,
-        }
 
         def sent() -> tuple[float, float]:
-            now = scrape(port)
-            return (
-                value(now, "retinad_endpoint_forward_packets_total", labels),
-                value(now, "retinad_endpoint_forward_bytes_total", labels),
-            )
+            return egress_of(port, web)
 
         def named() -> bool:
             ns.run(sys.executable, "-c", SENDER, "10.245.1.1", "1", "10")
