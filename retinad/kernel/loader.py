@@ -46,7 +46,7 @@ __all__ = ["LoadedObject", "MapHandle", "ProgramFd", "load"]
 CHILD_COMMAND = "__compile-bpf"
 """The internal sub-command (retinad/cli.py dispatches it before parsing flags)."""
 TIMEOUT_ENV = "RETINAD_COMPILE_TIMEOUT_SECONDS"
-TIMEOUT_SECONDS = float(os.environ.get(TIMEOUT_ENV) or 300.0)
+TIMEOUT_SECONDS = 300.0
 """A compile takes about a second on this project's CI host and minutes on an emulated or
 very small machine (over 120 s for dropreason_hooks.c in the kernel matrix's TCG guests on a
 loaded host); a child silent this long is killed. The environment variable is for such
@@ -192,7 +192,7 @@ def load(
     defines: Mapping[str, int | str] | None = None,
     programs: Mapping[str, int] | None = None,
     *,
-    timeout: float = TIMEOUT_SECONDS,
+    timeout: float | None = None,
 ) -> LoadedObject:
     """Compile ``bpf_dir/filename`` in a child and return its programs and maps by fd.
 
@@ -200,6 +200,8 @@ def load(
     CompileError with bcc's message (or why the child failed) and leaves nothing behind.
     """
     src = bpf_dir.resolve() / filename
+    if timeout is None:
+        timeout = compile_timeout()
     request = {
         "bpf_dir": str(bpf_dir.resolve()),
         "filename": filename,
@@ -246,6 +248,21 @@ def load(
     finally:
         parent.close()
         _reap(proc)
+
+
+def compile_timeout() -> float:
+    """TIMEOUT_SECONDS, or ``$RETINAD_COMPILE_TIMEOUT_SECONDS`` (seconds, > 0) when set;
+    a bad value is a CompileError naming the variable, not a traceback."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise CompileError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds above 0")
+    return value
 
 
 def child_argv() -> list[str]:

@@ -152,3 +152,16 @@ def test_the_tracepoint_is_attached_from_this_process_and_detached_on_close(
         assert u64_at(obj["drops"]) == after
     finally:
         obj.cleanup()
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-5"])
+def test_a_bad_compile_timeout_variable_is_named_and_starts_no_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv(loader.TIMEOUT_ENV, raw)
+    (tmp_path / "counter.c").write_text(COUNTER_C.replace("NAME", unique("lt_")))
+    with pytest.raises(CompileError) as err:
+        loader.load(tmp_path, "counter.c", {"ADD": 1}, {})
+    assert str(err.value) == (
+        f"RETINAD_COMPILE_TIMEOUT_SECONDS={raw!r}: expected a number of seconds above 0"
+    )
